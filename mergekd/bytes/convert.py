@@ -9,7 +9,7 @@ next-token distribution at the position that predicts ``u``::
 Tokens whose bytes are exactly ``p`` are conditioned away: the canonical tokenization tells us the token went
 on past ``p``. Special tokens never carry text mass. Column 256 (end of text) is 0 inside the text.
 
-Cost per teacher position: one softmax and one ``index_add_`` over the vocabulary, a float64 cumsum over
+Cost per teacher position: one softmax and one ``index_add_`` over the vocabulary, a float64 segment tree over
 ~V/32 blocks, then O(children) work per byte row (see :mod:`mergekd.bytes.trie`). The same code runs on CPU and
 CUDA. Rows whose masses underflow float32 (a realised token ~1e-38 below the top token) are redone in float64.
 """
@@ -22,6 +22,9 @@ from ..errors import NonFiniteError
 from .trie import ByteTrieIndex
 
 END = 256  # column of the end-of-text outcome
+# Below this (probabilities relative to the top token ~1) a float32 sum can be dominated by denormals: 262,144
+# tokens × 1.2e-38 ≈ 3e-33, i.e. < 1e-7 relative to 1e-25.
+FLOAT32_SAFE_MASS = 1e-25
 NUM_OUTCOMES = 257
 
 
@@ -45,15 +48,23 @@ def child_masses(index: ByteTrieIndex, probs: torch.Tensor, row_pos: torch.Tenso
     num_pos = probs.shape[0]
     block_sums = torch.zeros(num_pos, index.num_blocks + 1, dtype=probs.dtype, device=device)
     block_sums.index_add_(1, index.block_of_token[: probs.shape[1]], probs)
-    cum = torch.zeros(num_pos, index.num_blocks + 1, dtype=torch.float64, device=device)
-    torch.cumsum(block_sums[:, : index.num_blocks], dim=1, dtype=torch.float64, out=cum[:, 1:])
+    size = index.tree_size
+    tree = torch.zeros(num_pos, 2 * size, dtype=torch.float64, device=device)
+    tree[:, size:size + index.num_blocks] = block_sums[:, : index.num_blocks]
+    level = size // 2
+    while level >= 1:  # pairwise sums, one level at a time (log2 of the block count)
+        tree[:, level:2 * level] = tree[:, 2 * level:4 * level:2] + tree[:, 2 * level + 1:4 * level:2]
+        level //= 2
 
     first = index.edge_ptr[row_node]
     degree = index.edge_ptr[row_node + 1] - first
     edge_row, within = _segment_offsets(degree)
     edge = first[edge_row] + within
     pos = row_pos[edge_row]
-    mass = cum[pos, index.edge_bhi[edge]] - cum[pos, index.edge_blo[edge]]
+    t0 = index.edge_tree_ptr[edge]
+    cover_edge, cover_k = _segment_offsets(index.edge_tree_ptr[edge + 1] - t0)
+    cover_values = tree[pos[cover_edge], index.edge_tree_nodes[t0[cover_edge] + cover_k]]
+    mass = torch.zeros(edge.numel(), dtype=torch.float64, device=device).index_add_(0, cover_edge, cover_values)
 
     part = index.edge_part[edge]  # [E, 4] = (a1, b1, a2, b2) rank ranges
     n1 = part[:, 1] - part[:, 0]
@@ -83,7 +94,7 @@ def byte_logprobs_from_logits(index: ByteTrieIndex, logits: torch.Tensor, row_po
     """Next-byte log-probs [R, 257] (float32) for rows (position, trie node) given next-token logits [P, V].
 
     ``row_byte`` (optional) is the byte that actually follows; rows where that byte's mass underflowed to 0
-    in float32 are recomputed from float64 probabilities. Positions are processed in chunks of at most
+    (or nearly, see FLOAT32_SAFE_MASS) in float32 are recomputed from float64 probabilities. Positions are processed in chunks of at most
     ``max_elements`` logits so memory stays bounded for 262k-token vocabularies.
     """
     if logits.dim() != 2:
@@ -108,11 +119,15 @@ def byte_logprobs_from_logits(index: ByteTrieIndex, logits: torch.Tensor, row_po
         rows = order[lo:hi]
         probs = torch.softmax(logits[p0:p1].float(), dim=-1)
         masses = child_masses(index, probs, row_pos[rows] - p0, row_node[rows])
-        logp = _normalise(masses)
-        bad = ~torch.isfinite(logp[:, :256].logsumexp(1))
+        # float32 probabilities below ~1e-38 are denormal or zero: a node (or realised child) whose mass is
+        # under FLOAT32_SAFE_MASS may be dominated by them, so those rows are redone from float64 probabilities
+        bad = masses.sum(1) < FLOAT32_SAFE_MASS
         if row_byte is not None:
-            bad |= ~torch.isfinite(logp.gather(1, row_byte[rows].unsqueeze(1)).squeeze(1))
-        if bad.any():  # float32 underflow: redo these rows from float64 probabilities
+            real = row_byte[rows]
+            in_range = real < 256
+            bad |= in_range & (masses.gather(1, real.clamp(max=255).unsqueeze(1)).squeeze(1) < FLOAT32_SAFE_MASS)
+        logp = _normalise(masses)
+        if bad.any():
             bad_rows = rows[bad]
             local = row_pos[bad_rows] - p0
             uniq, inv = torch.unique(local, return_inverse=True)

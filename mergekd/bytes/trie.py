@@ -9,10 +9,11 @@ Summing a range with a float32 prefix sum over the whole vocabulary loses everyt
 of mass 1e-6 next to a token of mass 0.9), and a float64 prefix sum over V per position costs ~14 softmaxes.
 Instead the sorted vocabulary is cut into *blocks* (≤ ``block_size`` ranks, aligned to the first-byte groups
 and to large second-byte groups). One ``index_add_`` pass per position sums the probabilities into blocks in
-the tokens' natural order (no gather, no sort at run time); a float64 prefix sum runs over the few thousand
-blocks only. Each trie edge (child range) is precomputed as "whole blocks [blo, bhi) + at most two short rank
-ranges at its ends", so its mass is a float64 block difference plus a handful of direct float32 terms — all
-sums of positive numbers, with no catastrophic cancellation.
+the tokens' natural order (no gather, no sort at run time); a float64 segment tree over the few thousand
+blocks is built by pairwise sums. Each trie edge (child range) is precomputed as "≤ 2·log2(blocks) tree nodes +
+at most two short rank ranges at its ends", so its mass is a sum of positive terms only. (A prefix-sum
+*difference*, even in float64, loses a child of mass 1e-27 next to a prefix of mass 0.5: the realised byte
+would get log-probability −inf.)
 
 Everything here is built once per vocabulary with numpy, looping over byte *depths* (≤ the longest token),
 never over vocabulary entries.
@@ -38,8 +39,9 @@ class ByteTrieIndex:
     path_nodes: torch.Tensor  # [Σ len] node id of the prefix of length k of each token (k = 0 → root)
     edge_ptr: torch.Tensor  # [num_nodes+1] CSR over parent node → its child edges
     edge_byte: torch.Tensor  # [E] next byte of each child
-    edge_blo: torch.Tensor  # [E] first whole block
-    edge_bhi: torch.Tensor  # [E] one past the last whole block
+    tree_size: int  # leaves of the block segment tree (a power of two ≥ num_blocks)
+    edge_tree_ptr: torch.Tensor  # [E+1] CSR: each edge's whole-block part as segment-tree nodes
+    edge_tree_nodes: torch.Tensor  # [Σ] node indices into a [2·tree_size] segment tree
     edge_part: torch.Tensor  # [E, 4] rank ranges (a1, b1, a2, b2) summed directly
     eos_ids: torch.Tensor  # [n_eos] natural ids whose mass is "end of text" after the last byte
 
@@ -129,6 +131,7 @@ class ByteTrieIndex:
         has_full = first_full < b_hi
         blo = np.where(has_full, first_full, 0)
         bhi = np.where(has_full, b_hi, 0)
+        tree_size, tree_ptr, tree_nodes = _segment_tree_cover(blo, bhi, num_blocks)
         a1 = edge_lo
         b1 = np.where(has_full, block_start[np.minimum(first_full, num_blocks)], edge_hi)
         a2 = np.where(has_full, block_start[np.minimum(b_hi, num_blocks)], 0)
@@ -153,8 +156,9 @@ class ByteTrieIndex:
             path_nodes=t(path_nodes_nat),
             edge_ptr=t(edge_ptr),
             edge_byte=t(edge_byte),
-            edge_blo=t(blo),
-            edge_bhi=t(bhi),
+            tree_size=int(tree_size),
+            edge_tree_ptr=t(tree_ptr),
+            edge_tree_nodes=t(tree_nodes),
             edge_part=t(np.stack([a1, b1, a2, b2], 1)),
             eos_ids=t(np.asarray([i for i in eos_ids if i < num_logits], dtype=np.int64)),
         )
@@ -163,3 +167,32 @@ class ByteTrieIndex:
     def nodes_for(self, token_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Trie node of the prefix of length ``offsets[i]`` of token ``token_ids[i]`` (vectorised)."""
         return self.path_nodes[self.path_ptr[token_ids] + offsets]
+
+
+def _segment_tree_cover(lo: np.ndarray, hi: np.ndarray, num_leaves: int):
+    """Canonical segment-tree cover of every range [lo, hi) of leaves, vectorised over ranges.
+
+    Returns (tree_size, ptr [R+1], nodes): range r is the disjoint union of tree nodes nodes[ptr[r]:ptr[r+1]],
+    in a bottom-up tree whose leaves sit at indices tree_size..tree_size+num_leaves-1 and node i = 2i + 2i+1.
+    """
+    size = 1
+    while size < max(1, num_leaves):
+        size *= 2
+    left, right = lo + size, hi + size
+    owners, nodes = [], []
+    live = np.flatnonzero(left < right)
+    while live.size:
+        l, r = left[live], right[live]
+        take_l = (l & 1) == 1
+        owners.append(live[take_l]); nodes.append(l[take_l])
+        l = l + take_l
+        take_r = (r & 1) == 1
+        r = r - take_r
+        owners.append(live[take_r]); nodes.append(r[take_r])
+        left[live], right[live] = l >> 1, r >> 1
+        live = live[(l >> 1) < (r >> 1)]
+    owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+    node = np.concatenate(nodes) if nodes else np.zeros(0, np.int64)
+    order = np.argsort(owner, kind="stable")
+    counts = np.bincount(owner, minlength=lo.size)
+    return size, np.concatenate([[0], np.cumsum(counts)]), node[order]
