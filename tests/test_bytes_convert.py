@@ -116,7 +116,14 @@ def test_child_masses_every_node_random_vocab(block_size):
     ids_t, off_t = torch.tensor(ids), torch.tensor(offsets)
     nodes = index.nodes_for(ids_t, off_t)
     pos = torch.arange(len(ids)) % 4
-    masses = child_masses(index, probs, pos, nodes).numpy()
+    order = torch.argsort(pos, stable=True)  # child_masses takes rows sorted by position
+    pos, nodes = pos[order], nodes[order]
+    ids, offsets = [ids[i] for i in order], [offsets[i] for i in order]
+    # one position per chunk exercises the chunk bookkeeping; logits = log(probs) through the softmax path
+    masses = child_masses(index, probs.log(), pos, nodes, probs_dtype=torch.float64,
+                          max_elements=probs.shape[1]).numpy()
+    direct = child_masses(index, probs, pos, nodes, inputs_are_probs=True).numpy()
+    np.testing.assert_allclose(masses, direct, rtol=1e-12, atol=1e-15)
     for r, (i, k) in enumerate(zip(ids, offsets)):
         prefix = token_bytes[i][:k]
         expect = np.zeros(256)
