@@ -1,0 +1,80 @@
+"""Text data: read .txt / .jsonl files and cut them into training/scoring chunks of bounded byte length.
+
+Why bytes: every teacher and the student see the same text, and byte targets are aligned to UTF-8 bytes, so
+chunk sizes are set in bytes (a chunk never splits a character; it ends at whitespace when one is near).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import ConfigError, EmptyTextError
+
+
+def read_documents(path: Path | str) -> list[str]:
+    """Documents of a data file: ``.jsonl`` (one JSON object per line with a ``text`` field) or plain text
+    (the whole file is one document)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"data file {path} does not exist")
+    if path.suffix == ".jsonl":
+        docs = []
+        with path.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise ConfigError(f"{path}:{n}: each line needs a string field 'text'")
+                docs.append(record["text"])
+    else:
+        raw = path.read_bytes()
+        try:
+            docs = [raw.decode("utf-8")]
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not UTF-8 (byte {exc.start}); convert it first, e.g. iconv -t utf-8") from None
+    docs = [d for d in docs if d]
+    if not docs or not any(d.strip() for d in docs):
+        raise EmptyTextError(f"data file {path} holds no text")
+    return docs
+
+
+def chunk_text(text: str, max_bytes: int) -> list[str]:
+    """Split ``text`` into pieces of at most ``max_bytes`` UTF-8 bytes, preferring to cut after whitespace
+    (within the last quarter of a piece) and never inside a character. Concatenated, the pieces are the text."""
+    if max_bytes < 4:
+        raise ConfigError("chunk size must be at least 4 bytes (one UTF-8 character)")
+    data = text.encode("utf-8")
+    pieces = []
+    start = 0
+    while start < len(data):
+        end = min(start + max_bytes, len(data))
+        if end < len(data):
+            while end > start and (data[end] & 0xC0) == 0x80:  # do not cut inside a character
+                end -= 1
+            floor = start + (3 * max_bytes) // 4
+            cut = max(data.rfind(b" ", floor, end), data.rfind(b"\n", floor, end))
+            if cut > start:
+                end = cut + 1
+        pieces.append(data[start:end].decode("utf-8"))
+        start = end
+    return pieces
+
+
+def load_chunks(path: Path | str, max_bytes: int, limit_bytes: int | None = None) -> list[str]:
+    """All chunks of a data file (documents chunked independently), optionally only the first ``limit_bytes``."""
+    chunks: list[str] = []
+    total = 0
+    for doc in read_documents(path):
+        for piece in chunk_text(doc, max_bytes):
+            if not piece.strip():
+                continue
+            chunks.append(piece)
+            total += len(piece.encode("utf-8"))
+            if limit_bytes is not None and total >= limit_bytes:
+                return chunks
+    return chunks

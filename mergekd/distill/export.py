@@ -1,0 +1,66 @@
+"""Export: the student alone, as a plain Hugging Face model folder with a model card. The byte head is dropped.
+
+Written into a temporary sibling folder and renamed into place, so ``OUT/final`` is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def _model_card(cfg, signal, bpb: dict | None) -> str:
+    mixer = getattr(signal, "mixer", None)
+    describe = mixer.describe() if mixer is not None and hasattr(mixer, "describe") else None
+    lines = [
+        "---", "library_name: transformers", "tags: [mergekd, distillation, byte-level]", "---", "",
+        "# Student distilled with mergekd", "",
+        f"- teachers: {', '.join(cfg.teachers) if cfg.teachers else '(none: CE-only training)'}",
+        f"- mixer: {cfg.mix}" + (f" — {json.dumps(describe)}" if describe else ""),
+        f"- student: `{cfg.student}`",
+        f"- data: `{cfg.data}` in chunks of {cfg.seq_bytes} bytes",
+        f"- steps: {cfg.steps} × batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}",
+    ]
+    if cfg.teachers or cfg.cache:
+        lines.append(f"- loss: token CE × {cfg.token_ce_weight} + byte CE × {cfg.byte_ce_weight} + {cfg.kl_loss} × "
+                     f"{cfg.kl_weight} (T = {cfg.temperature}), byte head {cfg.byte_head} K = {cfg.byte_offsets} "
+                     "(dropped at export)")
+    else:
+        lines.append(f"- loss: token CE only (baseline), weight {cfg.token_ce_weight}")
+    if bpb:
+        lines.append(f"- held-out bits per byte on `{cfg.eval_data}`: {bpb['bpb']:.4f} ({bpb['bytes']} bytes)")
+    lines += ["", "Load with `AutoModelForCausalLM.from_pretrained(folder)`; mergekd is not needed.", ""]
+    return "\n".join(lines)
+
+
+def export_student(student, tokenizer, final: Path, cfg, signal=None) -> Path:
+    final = Path(final)
+    if hasattr(student, "merge_and_unload"):  # LoRA: fold adapters into the weights
+        student = student.merge_and_unload()
+    bpb = None
+    if cfg.eval_data is not None:
+        from ..evaluate import evaluate_file
+
+        bpb = evaluate_file(student, tokenizer, cfg.eval_data)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".final.tmp-", dir=final.parent))
+    try:
+        student.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(_model_card(cfg, signal, bpb))
+        if bpb:
+            (tmp / "eval.json").write_text(json.dumps(bpb))
+        if final.exists():
+            old = final.with_name(final.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

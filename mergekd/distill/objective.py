@@ -1,0 +1,77 @@
+"""The training objective: token CE + λ_b·byte CE + λ_kl·D(mixture ‖ byte head), normalised per example.
+
+Why per example: each example's terms are averaged over its own tokens / byte rows, then examples are averaged.
+Data-parallel workers that each hold an equal share of a global batch then average to exactly the 1-process
+gradient (DDP averages gradients), which is what makes a 2-process run reproduce a 1-process run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..losses import LOSSES
+from .batch import StudentBatch
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    token_ce: float = 1.0
+    byte_ce: float = 1.0
+    kl: float = 0.1
+    kl_loss: str = "forward-kl"
+    temperature: float = 1.0
+
+
+def _per_example_mean(values: torch.Tensor, example: torch.Tensor, num_examples: int) -> torch.Tensor:
+    sums = torch.zeros(num_examples, dtype=values.dtype, device=values.device).index_add_(0, example, values)
+    counts = torch.zeros(num_examples, dtype=values.dtype, device=values.device).index_add_(
+        0, example, torch.ones_like(values))
+    return sums / counts.clamp(min=1)
+
+
+class StudentWithHead(nn.Module):
+    """The student LM and (optionally) its byte head in one module, so optimisers and DDP see both."""
+
+    def __init__(self, student: nn.Module, head: nn.Module | None):
+        super().__init__()
+        self.student = student
+        self.head = head
+
+    def forward(self, batch: StudentBatch, teacher_logprobs: torch.Tensor | None, teacher_mask: torch.Tensor | None,
+                weights: LossWeights) -> dict[str, torch.Tensor]:
+        out = self.student(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           output_hidden_states=self.head is not None)
+        logits = out.logits.float()
+        b, length, vocab = logits.shape
+        flat_targets = batch.target_ids.reshape(-1)
+        keep = flat_targets != -100
+        token_nll = nn.functional.cross_entropy(logits.reshape(-1, vocab)[keep], flat_targets[keep], reduction="none")
+        example_of_pos = torch.arange(b, device=logits.device).repeat_interleave(length)[keep]
+        token_ce = _per_example_mean(token_nll, example_of_pos, b)
+        parts = {"token_ce": token_ce}
+        total = weights.token_ce * token_ce
+        if self.head is not None and batch.head_example.numel():
+            hidden = out.hidden_states[-1][batch.head_example, batch.head_position]
+            head_logits = self.head(hidden, batch.head_bytes).float()  # [M, K, 257]
+            valid = batch.head_valid
+            ex = batch.head_example.unsqueeze(1).expand_as(valid)
+            byte_nll = nn.functional.cross_entropy(head_logits[valid], batch.head_bytes[valid], reduction="none")
+            byte_ce = _per_example_mean(byte_nll, ex[valid], b)
+            parts["byte_ce"] = byte_ce
+            total = total + weights.byte_ce * byte_ce
+            if teacher_logprobs is not None and weights.kl > 0:
+                rows = batch.head_text_row
+                has = valid & (rows >= 0)
+                has[has.clone()] = teacher_mask[rows[has]]
+                div = LOSSES.get(weights.kl_loss)(head_logits[has], teacher_logprobs[rows[has]],
+                                                  temperature=weights.temperature)
+                kl = _per_example_mean(div, ex[has], b)
+                parts["kl"] = kl
+                total = total + weights.kl * kl
+        parts = {k: v.mean() for k, v in parts.items()}
+        parts["loss"] = total.mean()
+        parts["tokens"] = keep.sum()
+        return parts
