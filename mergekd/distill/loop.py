@@ -38,14 +38,16 @@ def lr_at(step: int, cfg: DistillConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def batch_texts(chunks: list[str], step: int, batch_size: int, seed: int) -> list[str]:
-    """The global batch of ``step``: epoch-wise permutations of the chunks, a pure function of (seed, step)."""
+def batch_indices(num_chunks: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Chunk indices of the global batch of ``step``: epoch-wise permutations, a pure function of (seed, step)."""
     out = []
-    n = len(chunks)
+    perms: dict[int, torch.Tensor] = {}
     for k in range(step * batch_size, (step + 1) * batch_size):
-        epoch, index = divmod(k, n)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        out.append(chunks[int(torch.randperm(n, generator=g)[index])])
+        epoch, index = divmod(k, num_chunks)
+        if epoch not in perms:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            perms[epoch] = torch.randperm(num_chunks, generator=g)
+        out.append(int(perms[epoch][index]))
     return out
 
 
@@ -62,9 +64,9 @@ def _accelerator(cfg: DistillConfig):
 def _build_signal(cfg: DistillConfig, device, progress_print):
     """Teachers (online) or a cache, combined by the configured mixer. None for CE-only runs."""
     if cfg.cache is not None:
-        from ..cache import CachedSignal  # issue 6
+        from ..cache import CachedSignal
 
-        return CachedSignal(cfg.cache, cfg.teachers, cfg.mix, data=cfg.data, seq_bytes=cfg.seq_bytes)
+        return CachedSignal(cfg.cache, cfg)
     if not cfg.teachers:
         return None
     from ..mix import build_mixer
@@ -74,7 +76,7 @@ def _build_signal(cfg: DistillConfig, device, progress_print):
     teachers = []
     for spec in cfg.teachers:
         progress_print(f"loading teacher {spec} ...")
-        teachers.append(load_teacher(spec, device="cpu", max_length=cfg.teacher_max_length))
+        teachers.append(load_teacher(spec, overrides={"device": "cpu", "max_length": cfg.teacher_max_length}))
     mixer = build_mixer(cfg.mix)
     signal = TeacherSignal(teachers, mixer, device, cfg.teacher_placement)
     return signal
@@ -87,7 +89,7 @@ def _fit_mixer(signal, cfg: DistillConfig, chunks: list[str]) -> None:
     from .signal import actual_bytes, stack_targets
 
     fit_texts = load_chunks(cfg.fit_data, cfg.seq_bytes) if cfg.fit_data else chunks[: min(16, len(chunks))]
-    logprobs, masks = stack_targets(signal.per_teacher(fit_texts))
+    logprobs, masks = stack_targets(signal.per_teacher(fit_texts, None))
     mixer.fit(logprobs, masks, actual_bytes(fit_texts), teacher_names=signal.names)
 
 
@@ -153,17 +155,18 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True) -> Path:
             t0 = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            texts = batch_texts(chunks, step, cfg.batch_size, cfg.seed)
-            mine = texts[accelerator.process_index::world]
+            indices = batch_indices(len(chunks), step, cfg.batch_size, cfg.seed)
+            mine = indices[accelerator.process_index::world]
             logs: dict[str, float] = {}
             nbytes = 0
             for m in range(cfg.grad_accum):
-                part = mine[m * micro:(m + 1) * micro]
+                part_idx = mine[m * micro:(m + 1) * micro]
+                part = [chunks[i] for i in part_idx]
                 nbytes += sum(len(t.encode("utf-8")) for t in part)
                 batch, _ = build_student_batch(vocab, part, cfg.byte_offsets, max_tokens, pad_id)
                 teacher_lp = teacher_mask = None
                 if signal is not None:
-                    teacher_lp, teacher_mask = signal(part)
+                    teacher_lp, teacher_mask = signal(part, part_idx)
                     teacher_lp, teacher_mask = teacher_lp.to(accelerator.device), teacher_mask.to(accelerator.device)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():

@@ -1,0 +1,91 @@
+"""``mergekd distill`` and ``mergekd eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import ConfigError
+
+
+def distill_command(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (flags override it)"),
+    teachers: Optional[str] = typer.Option(None, help="comma-separated teacher specs, e.g. smollm2-135m,gemma3-270m"),
+    student: Optional[str] = typer.Option(None, help="new:llama?tokenizer=gpt2&layers=4&hidden=256, hf:PATH, gguf:PATH"),
+    data: Optional[Path] = typer.Option(None, help="training text (.txt or .jsonl with a 'text' field)"),
+    out: Optional[Path] = typer.Option(None, help="output folder (checkpoints, metrics.jsonl, final/)"),
+    eval_data: Optional[Path] = typer.Option(None, help="held-out text: BPB of the export goes in its model card"),
+    mix: Optional[str] = typer.Option(None, help="mixer spec, e.g. linear, learned, product:weights=1;2"),
+    fit_data: Optional[Path] = typer.Option(None, help="text to fit learned mixers on"),
+    cache: Optional[Path] = typer.Option(None, help="teacher byte cache from `mergekd cache` (no teacher in memory)"),
+    steps: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+    grad_accum: Optional[int] = typer.Option(None), seq_bytes: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+    byte_head: Optional[str] = typer.Option(None, help="parallel (BLD) or recurrent"),
+    byte_offsets: Optional[int] = typer.Option(None, help="K: bytes of the next token the head predicts"),
+    byte_ce_weight: Optional[float] = typer.Option(None), kl_weight: Optional[float] = typer.Option(None),
+    kl_loss: Optional[str] = typer.Option(None, help="forward-kl, reverse-kl or jsd"),
+    temperature: Optional[float] = typer.Option(None),
+    save_every: Optional[int] = typer.Option(None), device: Optional[str] = typer.Option(None),
+    mixed_precision: Optional[str] = typer.Option(None), teacher_placement: Optional[str] = typer.Option(None),
+    lora_rank: Optional[int] = typer.Option(None),
+    ce_only: bool = typer.Option(False, "--ce-only", help="baseline: no teachers, token CE only"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Distil teachers into a student; rerunning the same command on the same --out resumes.
+
+    Example: mergekd distill --teachers smollm2-135m,gemma3-270m --student "new:llama?tokenizer=gpt2" \\
+             --data train.txt --steps 200 --out runs/demo
+    """
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "ce_only", "quiet")}
+    from ..distill import distill, load_config
+
+    if ce_only:
+        overrides.update(teachers=[], byte_ce_weight=0.0, kl_weight=0.0, cache=None)
+    cfg = load_config(config, overrides)
+    for field in ("student", "data", "out"):
+        if getattr(cfg, field, None) is None:
+            raise ConfigError(f"{field}: required (flag --{field.replace('_', '-')} or YAML key {field})")
+    final = distill(cfg, show_progress=not quiet)
+    typer.echo(f"exported student: {final}")
+
+
+def eval_command(
+    model: str = typer.Option(..., help="model folder (e.g. OUT/final), or a teacher / student spec"),
+    data: Path = typer.Option(..., help="held-out text (.txt or .jsonl)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write {'bpb', 'bytes', 'tokens'} here"),
+    chunk_bytes: int = typer.Option(1024, help="texts are scored in independent chunks of this many bytes"),
+    max_bytes: Optional[int] = typer.Option(None, help="score only the first N bytes of the data"),
+) -> None:
+    """Bits per byte from the model's own token NLL (comparable across tokenizers).
+
+    Example: mergekd eval --model runs/demo/final --data heldout.txt
+    """
+    from rich.progress import Progress
+
+    from ..evaluate import evaluate_file
+    from ..student import load_student
+
+    folder = Path(model)
+    if folder.is_dir():
+        lm, tok = load_student(f"hf:{folder}")
+    else:
+        try:
+            from ..teachers import load_teacher
+
+            teacher = load_teacher(model)
+            lm, tok = teacher.model, teacher.tokenizer
+        except ImportError:
+            lm, tok = load_student(model)
+    with Progress(transient=True) as bar:
+        task = bar.add_task("eval", total=None)
+        result = evaluate_file(lm, tok, data, chunk_bytes=chunk_bytes, limit_bytes=max_bytes,
+                               progress=lambda n: bar.advance(task, n))
+    typer.echo(f"{model}: {result['bpb']:.4f} bits/byte over {result['bytes']} bytes ({result['tokens']} tokens)")
+    if json_out is not None:
+        tmp = json_out.with_name(json_out.name + ".tmp")
+        tmp.write_text(json.dumps({"model": model, **result}, indent=1))
+        tmp.replace(json_out)
