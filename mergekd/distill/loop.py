@@ -88,8 +88,12 @@ def _fit_mixer(signal, cfg: DistillConfig, chunks: list[str]) -> None:
         return
     from .signal import actual_bytes, stack_targets
 
-    fit_texts = load_chunks(cfg.fit_data, cfg.seq_bytes) if cfg.fit_data else chunks[: min(16, len(chunks))]
-    logprobs, masks = stack_targets(signal.per_teacher(fit_texts, None))
+    if cfg.fit_data and cfg.cache is None:
+        fit_texts, fit_idx = load_chunks(cfg.fit_data, cfg.seq_bytes), None
+    else:  # a cache holds the training chunks only: fit on the first of them
+        fit_idx = list(range(min(16, len(chunks))))
+        fit_texts = [chunks[i] for i in fit_idx]
+    logprobs, masks = stack_targets(signal.per_teacher(fit_texts, fit_idx))
     mixer.fit(logprobs, masks, actual_bytes(fit_texts), teacher_names=signal.names)
 
 
