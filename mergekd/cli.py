@@ -53,6 +53,16 @@ def vocab_cmd(
     console.print(table)
 
 
+def _register_training_commands() -> None:
+    from .commands.train import distill_command, eval_command
+
+    app.command("distill")(distill_command)
+    app.command("eval")(eval_command)
+
+
+_register_training_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
