@@ -58,9 +58,24 @@ def _register_training_commands() -> None:
 
     app.command("distill")(distill_command)
     app.command("eval")(eval_command)
+    from .commands.cache_cmd import cache_command
+    from .fidelity import fidelity_command
+
+    app.command("cache")(cache_command)
+    app.command("fidelity")(fidelity_command)
 
 
 _register_training_commands()
+
+
+def _register_teacher_commands() -> None:
+    from .commands.teachers import score_command, teachers_app
+
+    app.add_typer(teachers_app, name="teachers")
+    app.command("score")(score_command)
+
+
+_register_teacher_commands()
 
 
 def main() -> None:

@@ -1,0 +1,79 @@
+"""CachedSignal: the teacher signal of a distillation run, read from a byte cache instead of live teachers.
+
+Same interface as :class:`mergekd.distill.signal.TeacherSignal` (``signal(texts, indices)``, ``per_teacher``,
+``mixer``, ``names``), so the loop cannot tell the difference — except that no teacher is in memory and a step
+costs a few milliseconds of decoding instead of K forward passes. The cache is matched against the run when it
+is opened: the same data chunks (file hash, ``seq_bytes``, chunk hash), the same teachers in the same order,
+the same conversion rule, and every shard present; any difference is a ConfigError that names it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..bytes import ByteTargets
+from ..distill.signal import mix_per_text
+from ..errors import ConfigError
+from .identity import data_identity
+from .manifest import Manifest, check_complete, check_data, check_rule, check_teachers, read_manifest
+from .reader import ShardStore
+
+
+class CachedSignal:
+    """Teacher targets from ``cache`` for the run ``cfg`` (a DistillConfig or anything with ``teachers``,
+    ``data``, ``seq_bytes`` and ``mix``).
+
+    ``cfg.teachers`` may be empty: the run then uses the cache's teachers. Without ``cfg`` nothing is matched
+    (tools that inspect a cache); ``mixer`` then defaults to ``linear``.
+    """
+
+    def __init__(self, cache: Path | str, cfg=None, *, mixer=None, max_shards: int = 8):
+        self.cache = Path(cache)
+        self.manifest: Manifest = read_manifest(self.cache)
+        check_rule(self.manifest, self.cache)
+        if cfg is not None:
+            if cfg.teachers:
+                check_teachers(self.manifest, list(cfg.teachers), self.cache)
+            ident, _ = data_identity(cfg.data, cfg.seq_bytes)
+            check_data(self.manifest, ident, self.cache)
+        check_complete(self.manifest, self.cache)
+        if mixer is None:
+            from ..mix import build_mixer
+
+            mixer = build_mixer(cfg.mix if cfg is not None else "linear")
+        self.mixer = mixer
+        self.store = ShardStore(self.cache, self.manifest, max_shards=max_shards)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.label for t in self.manifest.teachers]
+
+    @property
+    def specs(self) -> list[str]:
+        return [t.spec for t in self.manifest.teachers]
+
+    def per_teacher(self, texts: list[str], indices: list[int] | None = None) -> list[list[ByteTargets]]:
+        """K teachers × B texts of dense ByteTargets, reconstructed from the cache (``end_logprobs`` is None)."""
+        if indices is None:
+            raise ConfigError("a byte cache is looked up by chunk index: call signal(texts, chunk_indices)")
+        if len(indices) != len(texts):
+            raise ConfigError(f"{len(texts)} texts but {len(indices)} chunk indices")
+        raw = [t.encode("utf-8") for t in texts]
+        out = []
+        for k in range(len(self.manifest.teachers)):
+            per_text = []
+            for data, index in zip(raw, indices):
+                logprobs, mask = self.store.chunk(k, int(index))
+                if logprobs.shape[0] != len(data):
+                    raise ConfigError(f"chunk {index} has {logprobs.shape[0]} bytes in cache {self.cache} but the "
+                                      f"run's text has {len(data)}: the run's chunks are not the cache's")
+                per_text.append(ByteTargets(logprobs=logprobs, mask=mask, text_bytes=data))
+            out.append(per_text)
+        return out
+
+    def __call__(self, texts: list[str], indices: list[int] | None = None):
+        """Mixture rows of the texts, concatenated: (logprobs float [ΣN, 257], mask bool [ΣN])."""
+        return mix_per_text(self.mixer, texts, self.per_teacher(texts, indices))
+
+    def __repr__(self) -> str:
+        return f"CachedSignal({str(self.cache)!r}, teachers={self.names})"
