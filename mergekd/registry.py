@@ -31,6 +31,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
         self._entry_points_loaded = False
+        self._plugin_errors: list[MergekdError] = []
 
     # -- registration -------------------------------------------------------------------------------------
     def register(self, name: str, *, aliases: tuple[str, ...] = (), replace: bool = False) -> Callable[[T], T]:
@@ -88,17 +89,26 @@ class Registry(Generic[T]):
         return name.strip().lower().replace("_", "-")
 
     def _load_entry_points(self) -> None:
+        """Load every plugin once; a broken one is reported (on every lookup) without hiding the others."""
         if self._entry_points_loaded:
+            if self._plugin_errors:
+                raise self._plugin_errors[0]
             return
         self._entry_points_loaded = True
+        self._plugin_errors: list[MergekdError] = []
         for ep in metadata.entry_points(group=self.entry_point_group):
             if self._normalise(ep.name) in self._items:
                 continue
             try:
                 obj = ep.load()
             except Exception as exc:  # a broken plugin must say which one it is
-                raise MergekdError(
+                error = MergekdError(
                     f"plugin {ep.name!r} ({ep.value}) in entry-point group {self.entry_point_group!r} "
                     f"failed to load: {exc}"
-                ) from exc
+                )
+                error.__cause__ = exc
+                self._plugin_errors.append(error)
+                continue
             self.add(ep.name, obj)
+        if self._plugin_errors:
+            raise self._plugin_errors[0]
