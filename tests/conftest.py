@@ -38,6 +38,16 @@ ADVERSARIAL = [
 ]
 
 
+@pytest.fixture
+def one_thread():
+    """Small-tensor tests (mixers): one intra-op thread is faster, and on a loaded machine much faster (2 threads
+    spin-wait on each other: a 0.1 s fit took 3.5 s here with 2 threads while other processes ran)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tokenizers():
     """Lazily loaded real tokenizers by name (cached for the session)."""

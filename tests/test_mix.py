@@ -25,14 +25,7 @@ from mergekd.errors import ConfigError, NonFiniteError, UnknownNameError
 from mergekd.mix import MIXERS, Mixer, MixerNotFittedError, MixInputError, build_mixer, parse_mix_spec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: one intra-op thread is faster, and on a loaded machine much faster (2 threads
-    spin-wait on each other: a 0.1 s fit took 3.5 s here with 2 threads while other processes ran)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ALL_SPECS = ["linear", "uniform", "linear:weights=0.2;0;0.8", "product", "product:weights=1;2;0", "min-ce",

@@ -15,14 +15,7 @@ from mergekd.mix import build_mixer, fit_mixture_weights
 LN2 = math.log(2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: one intra-op thread is faster, and on a loaded machine much faster (2 threads
-    spin-wait on each other: a 0.1 s fit took 3.5 s here with 2 threads while other processes ran)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bits_per_byte(mixed: torch.Tensor, mixed_mask: torch.Tensor, actual: torch.Tensor) -> float:
