@@ -49,6 +49,10 @@ def _open_manifest(out: Path, specs: list[str], ident: DataIdentity, top_k: int,
             raise ConfigError(f"max_length mismatch: {out} was captured with teacher windows of "
                               f"{manifest.teacher_options.get('max_length')} tokens, this capture asks for "
                               f"{options['max_length']}; use the same value, or another --out")
+        cached_rule = manifest.teacher_options.get("byte_rule", "canonical")
+        if cached_rule != options["byte_rule"]:
+            raise ConfigError(f"byte_rule mismatch: {out} was captured with --byte-rule {cached_rule}, this capture "
+                              f"asks for {options['byte_rule']}; use the same rule, or another --out")
         return manifest
     records = [TeacherRecord(spec=s, dir=teacher_dir(i, s)) for i, s in enumerate(specs)]
     manifest = Manifest(data=ident, teachers=records,
@@ -104,14 +108,17 @@ def _capture_shard(out: Path, manifest: Manifest, index: int, teacher, chunks: l
 
 def capture_cache(out: Path | str, teachers: Sequence[str], data: Path | str, *, top_k: int = 16,
                   tail: float = 1e-3, seq_bytes: int = 512, shard_chunks: int = 64, device: str = "cpu",
-                  max_length: int = 512, show_progress: bool = True, console=None,
-                  on_shard: ShardCallback | None = None) -> Manifest:
+                  max_length: int = 512, byte_rule: str = "canonical", show_progress: bool = True,
+                  console=None, on_shard: ShardCallback | None = None) -> Manifest:
     """Capture (or resume capturing) the byte cache of ``teachers`` over ``load_chunks(data, seq_bytes)``.
 
     Returns the final manifest. ``on_shard(teacher_index, start, stop)`` is called after each shard is on disk
     and recorded (tests use it to interrupt a capture). Raises ConfigError when ``out`` holds a cache of other
-    data, teachers, rule or options.
+    data, teachers, rule or options. ``byte_rule`` (``canonical`` or ``exact:K=8``, see
+    :mod:`mergekd.bytes.rule`) is every teacher's default; ``?byte_rule=`` in a spec wins.
     """
+    from ..bytes.rule import parse_byte_rule
+
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
 
@@ -124,7 +131,8 @@ def capture_cache(out: Path | str, teachers: Sequence[str], data: Path | str, *,
     out = Path(out)
     ident, chunks = data_identity(data, seq_bytes)
     manifest = _open_manifest(out, specs, ident, top_k, tail, shard_chunks,
-                              {"device": device, "max_length": max_length})
+                              {"device": device, "max_length": max_length,
+                               "byte_rule": parse_byte_rule(byte_rule, "byte_rule").label()})
     chunk_sizes = [len(c.encode("utf-8")) for c in chunks]
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -138,7 +146,9 @@ def capture_cache(out: Path | str, teachers: Sequence[str], data: Path | str, *,
             if not todo:
                 continue
             bar.update(tasks[index], description=f"t{index} {record.spec} (loading)")
-            teacher = load_teacher(record.spec, overrides={"device": device, "max_length": max_length})
+            rule = manifest.teacher_options.get("byte_rule", "canonical")
+            teacher = load_teacher(record.spec, overrides={"device": device, "max_length": max_length,
+                                                           "byte_rule": rule})
             try:
                 weights = weights_sha256(teacher.model)
                 _check_identity(record, teacher, weights, out)

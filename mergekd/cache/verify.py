@@ -65,7 +65,9 @@ def verify_cache(cache: Path | str, teachers: Sequence[str] | None = None, data:
     per_teacher = []
     for k, record in enumerate(manifest.teachers):
         say(f"recomputing {len(texts)} chunks with {record.label} ...")
-        teacher = load_teacher(record.spec, overrides={"device": device, "max_length": max_length})
+        teacher = load_teacher(record.spec, overrides={
+            "device": device, "max_length": max_length,
+            "byte_rule": manifest.teacher_options.get("byte_rule", "canonical")})
         try:
             if weights_sha256(teacher.model) != record.weights_sha256:
                 raise ConfigError(f"teacher {record.spec} now has other weights than when cache {cache} was captured; "

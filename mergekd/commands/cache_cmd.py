@@ -32,6 +32,8 @@ def cache_command(
                                                        "of chunks and report KL(dense ‖ cached) per byte"),
     device: str = typer.Option("cpu", help="device the teachers run on (cpu, cuda, mps)"),
     max_length: int = typer.Option(512, help="teacher window in tokens"),
+    byte_rule: str = typer.Option("canonical", help="token → byte rule: canonical (fast) or exact:K=8 (covering "
+                                                    "sum over tokenizations, ~0.1-0.3 s per byte: short texts)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the summary / verify report here"),
     sample: int = typer.Option(8, help="--verify: chunks recomputed per teacher"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
@@ -62,6 +64,7 @@ def cache_command(
     else:
         manifest = capture_cache(out, specs, data, top_k=top_k, tail=tail, seq_bytes=seq_bytes,
                                  shard_chunks=shard_chunks, device=device, max_length=max_length,
+                                 byte_rule=byte_rule,
                                  show_progress=not quiet, console=console)
         payload = manifest.summary()
         table = Table("teacher", "bytes stored", "bytes/text byte", "entries/row")

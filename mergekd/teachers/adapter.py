@@ -80,7 +80,7 @@ class Teacher:
         return {"name": self.name, "family": self.family, "vocab_size": len(self.vocab),
                 "scheme": self.vocab.scheme, "vocab_fingerprint": self.vocab.fingerprint(),
                 "max_length": self.max_length, "overlap": self.overlap, "batch_size": self.batch_size,
-                "device": str(self.device),
+                "device": str(self.device), "byte_rule": self.options.byte_rule,
                 "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
                 "params": sum(p.numel() for p in self.model.parameters()),
                 "load_seconds": round(self.load_seconds, 3)}
@@ -100,6 +100,9 @@ class Teacher:
         for i, text in enumerate(texts):
             if not text:
                 raise EmptyTextError(f"text {i} is empty: there are no bytes to predict")
+        rule = self.options.rule()
+        if rule.is_exact:
+            return self._exact_targets(texts, rule, progress)
         out: list[ByteTargets] = []
         step = self.batch_size
         with torch.no_grad():
@@ -110,6 +113,29 @@ class Teacher:
                     overlap=self.overlap, batch_size=step))
                 if progress is not None:
                     progress(sum(len(t.encode("utf-8")) for t in group))
+        return out
+
+    def _exact_targets(self, texts: Sequence[str], rule, progress) -> list[ByteTargets]:
+        """The covering rule, one text at a time (each text is one search over its whole byte prefix).
+
+        The search keeps the whole text as context (no windows), so a text longer than the model's positions is
+        refused up front rather than failing deep inside the model.
+        """
+        from ..bytes.exact import exact_byte_logprobs
+
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        out: list[ByteTargets] = []
+        for i, text in enumerate(texts):
+            if positions is not None:
+                needed = len(self.vocab.align(text).token_ids) + 2
+                if needed > positions:
+                    raise ConfigError(f"teacher {self.name!r}: text {i} needs {needed} tokens of context but the "
+                                      f"model has {positions} positions; the exact byte rule does not window — "
+                                      "use shorter texts (e.g. --seq-bytes) or byte_rule=canonical")
+            out.append(exact_byte_logprobs(self.model, self.tokenizer, text, beam=rule.beam, prune=rule.prune,
+                                           vocab=self.vocab, max_states=rule.max_states))
+            if progress is not None:
+                progress(len(text.encode("utf-8")))
         return out
 
     # ---------------------------------------------------------------------------------------------------------
