@@ -1,7 +1,8 @@
 """Do learned mixtures of the real teachers beat the better teacher alone on held-out text?
 
-Writes two disjoint slices of *Botchan* (public domain, from the offline text cache): ``fit.txt`` (the first
-``--fit-bytes``) and ``heldout.txt`` (the last ``--heldout-bytes``), then runs ``mergekd score --json`` once per
+Writes two disjoint slices of *Botchan*'s body (public domain, from the offline text cache, without the
+Gutenberg header and licence): ``fit.txt`` (its first ``--fit-bytes``) and ``heldout.txt`` (its last
+``--heldout-bytes``), then runs ``mergekd score --json`` once per
 mixer — the learned mixers are fit on ``fit.txt`` only — and prints one table of held-out bits per byte.
 
 Last line: ``RESULT best_teacher=<x> learned=<y> gated=<z>`` (bits per byte; lower is better).
@@ -21,15 +22,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def write_slices(out: Path, fit_bytes: int, heldout_bytes: int) -> tuple[Path, Path]:
-    """Disjoint fit / held-out slices of Botchan, cut on character boundaries."""
-    from mergekd.assets import read_text
+    """Disjoint fit / held-out slices of Botchan's body, cut on character boundaries."""
+    from mergekd.assets import read_body, text_slice
 
-    raw = read_text("botchan").encode("utf-8")
-    if fit_bytes + heldout_bytes > len(raw):
-        sys.exit(f"--fit-bytes + --heldout-bytes = {fit_bytes + heldout_bytes} exceeds Botchan ({len(raw)} bytes)")
+    size = len(read_body("botchan").encode("utf-8"))
+    if fit_bytes + heldout_bytes > size:
+        sys.exit(f"--fit-bytes + --heldout-bytes = {fit_bytes + heldout_bytes} exceeds Botchan ({size} bytes)")
     fit, heldout = out / "fit.txt", out / "heldout.txt"
-    fit.write_text(raw[:fit_bytes].decode("utf-8", "ignore"), encoding="utf-8")
-    heldout.write_text(raw[-heldout_bytes:].decode("utf-8", "ignore"), encoding="utf-8")
+    fit.write_text(text_slice("botchan", 0, fit_bytes), encoding="utf-8")
+    heldout.write_text(text_slice("botchan", -heldout_bytes), encoding="utf-8")
     return fit, heldout
 
 
@@ -37,7 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("runs/mixers_real"))
     ap.add_argument("--teachers", default="smollm2-135m,gemma3-270m")
-    ap.add_argument("--mixers", default="linear,learned,gated", help="mixer specs separated by '|' or ','")
+    ap.add_argument("--mixers", default="learned,gated", help="mixer specs separated by '|' or ','")
     ap.add_argument("--fit-bytes", type=int, default=16_000)
     ap.add_argument("--heldout-bytes", type=int, default=16_000)
     args = ap.parse_args()

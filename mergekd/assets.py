@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -301,6 +302,33 @@ def read_text(name: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+_GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THIS|THE) PROJECT GUTENBERG[^\n]*\n", re.M)
+_GUTENBERG_END = re.compile(r"^\*\*\* ?END OF (THIS|THE) PROJECT GUTENBERG", re.M)
+
+
+def read_body(name: str) -> str:
+    """A named text without its Project Gutenberg header and licence (the part between the START and END
+    markers; the whole text when it has none).
+
+    Why: the licence is ~18 KB of legal boilerplate repeated across every Gutenberg book; as held-out text it
+    would measure how well a model memorised the licence, not how well it models the book.
+    """
+    text = read_text(name)
+    start = _GUTENBERG_START.search(text)
+    end = _GUTENBERG_END.search(text, start.end() if start else 0)
+    return text[start.end() if start else 0: end.start() if end else len(text)].strip("\ufeff\r\n")
+
+
+def text_slice(name: str, start: int | None = None, stop: int | None = None) -> str:
+    """UTF-8 bytes ``[start:stop]`` of :func:`read_body` (Python slice semantics, negatives count from the end),
+    cut inward to whole characters, so disjoint byte ranges give disjoint, reproducible texts."""
+    raw = read_body(name).encode("utf-8")
+    piece = raw[slice(start, stop)]
+    if not piece:
+        raise MissingAssetError(f"text {name!r}[{start}:{stop}] is empty: the body has {len(raw):,} bytes")
+    return piece.decode("utf-8", "ignore")
 
 
 def fetch_all(progress: Callable[[str], None] = print) -> None:

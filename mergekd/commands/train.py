@@ -15,7 +15,8 @@ def distill_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (flags override it)"),
     teachers: Optional[str] = typer.Option(None, help="comma-separated teacher specs, e.g. smollm2-135m,gemma3-270m"),
     student: Optional[str] = typer.Option(None, help="new:llama?tokenizer=gpt2&layers=4&hidden=256, hf:PATH, gguf:PATH"),
-    data: Optional[Path] = typer.Option(None, help="training text (.txt or .jsonl with a 'text' field)"),
+    data: Optional[Path] = typer.Option(None, help="training data: .txt, or .jsonl with 'text', or 'prompt' + "
+                                                   "'response' (loss on the response only), or chat 'messages'"),
     out: Optional[Path] = typer.Option(None, help="output folder (checkpoints, metrics.jsonl, final/)"),
     eval_data: Optional[Path] = typer.Option(None, help="held-out text: BPB of the export goes in its model card"),
     mix: Optional[str] = typer.Option(None, help="mixer spec, e.g. linear, learned, product:weights=1;2"),
@@ -32,6 +33,17 @@ def distill_command(
     save_every: Optional[int] = typer.Option(None), device: Optional[str] = typer.Option(None),
     mixed_precision: Optional[str] = typer.Option(None), teacher_placement: Optional[str] = typer.Option(None),
     lora_rank: Optional[int] = typer.Option(None),
+    byte_rule: Optional[str] = typer.Option(None, help="teachers' token → byte rule: canonical (default) or "
+                                                       "exact:K=8 (covering sum; slow, short texts)"),
+    on_policy: Optional[float] = typer.Option(
+        None, "--on-policy", metavar="FRACTION",
+        help="on-policy distillation (GKD λ): fraction of batches whose continuations the student samples from the "
+             "data's prompts; --on-policy 1 = every batch, 0 = off (default). Needs online teachers (no --cache)"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="on-policy: tokens sampled per continuation (64)"),
+    gen_temperature: Optional[float] = typer.Option(None, help="on-policy: sampling temperature (1.0)"),
+    top_p: Optional[float] = typer.Option(None, help="on-policy: nucleus sampling mass (1.0 = off)"),
+    prompt_bytes: Optional[int] = typer.Option(None, help="prompt bytes: the start of each plain-text chunk "
+                                                          "(on-policy), the end of a long prompt (prompt data) (64)"),
     ce_only: bool = typer.Option(False, "--ce-only", help="baseline: no teachers, token CE only"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
@@ -39,6 +51,9 @@ def distill_command(
 
     Example: mergekd distill --teachers smollm2-135m,gemma3-270m --student "new:llama?tokenizer=gpt2" \\
              --data train.txt --steps 200 --out runs/demo
+
+    On-policy (half the batches sampled by the student, reverse KL as GKD recommends):
+             mergekd distill ... --on-policy 0.5 --kl-loss reverse-kl --max-new-tokens 64
     """
     overrides = {k: v for k, v in locals().items() if k not in ("config", "ce_only", "quiet")}
     from ..distill import distill, load_config

@@ -5,6 +5,12 @@ through the byte head, its bytes at offsets k < min(K, b − a): target byte ``t
 ``a + k`` of the mixture. Alignment uses byte offsets from ByteVocab (never decoded strings); a SentencePiece
 dummy-prefix space at offset 0 of the first token is a byte of the token but not of the text, so it gets the
 byte-CE target 0x20 and no teacher row.
+
+Loss masks (``loss_from``): for prompt/response data and on-policy samples only the bytes from ``loss_from`` on
+are learned. A byte-head row is supervised only at text bytes ≥ ``loss_from`` (byte CE and KL alike, so a teacher
+row inside the prompt never reaches the loss). A token's CE counts when the token spells at least one such byte:
+a token that straddles the prompt/response boundary is the student's only way to emit the first response
+bytes, so dropping it would leave them untrained at the token level.
 """
 
 from __future__ import annotations
@@ -34,8 +40,10 @@ class StudentBatch:
 
 
 def build_student_batch(vocab: ByteVocab, texts: list[str], num_offsets: int, max_tokens: int,
-                        pad_id: int = 0) -> tuple[StudentBatch, torch.Tensor]:
-    """(batch, text_row_offsets [B+1]) — offsets of each text's rows in the concatenated teacher targets."""
+                        pad_id: int = 0, loss_from: list[int] | None = None) -> tuple[StudentBatch, torch.Tensor]:
+    """(batch, text_row_offsets [B+1]) — offsets of each text's rows in the concatenated teacher targets.
+
+    ``loss_from[e]``: UTF-8 byte offset in text e where the loss starts (None or 0: the whole text)."""
     aligns = [vocab.align(t) for t in texts]
     lengths = [int(a.token_ids.numel()) for a in aligns]
     if max(lengths) > max_tokens:
@@ -56,6 +64,9 @@ def build_student_batch(vocab: ByteVocab, texts: list[str], num_offsets: int, ma
         spelled = al.token_len > 0
         predicted = spelled.clone()
         predicted[0] = False  # the first token has no predicting position
+        first = loss_from[e] if loss_from is not None else 0
+        if first > 0:  # only tokens that spell a byte at or after ``first``
+            predicted &= (al.token_start + al.token_len) > first
         targets[e, : n - 1] = torch.where(predicted[1:], al.token_ids[1:], torch.full_like(al.token_ids[1:], -100))
         idx = torch.nonzero(predicted).squeeze(1)
         if idx.numel() == 0:
@@ -63,6 +74,8 @@ def build_student_batch(vocab: ByteVocab, texts: list[str], num_offsets: int, ma
         text = torch.frombuffer(bytearray(al.text_bytes), dtype=torch.uint8).long()
         start = al.token_start[idx].unsqueeze(1) + k_range  # [m, K] text byte index of each offset
         valid = k_range < al.token_len[idx].unsqueeze(1)
+        if first > 0:
+            valid &= start >= first
         in_text = valid & (start >= 0)
         byte = torch.where(in_text, text[start.clamp(0, max(len(text) - 1, 0))], torch.full_like(start, 0x20))
         parts["ex"].append(torch.full((idx.numel(),), e, dtype=torch.long))

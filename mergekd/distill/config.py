@@ -53,8 +53,40 @@ class DistillConfig(BaseModel):
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
     teacher_placement: Literal["device", "swap"] = "device"
     teacher_max_length: int = Field(1024, ge=16)
+    byte_rule: str = Field("canonical", description="every teacher's token → byte rule: canonical (fast) or "
+                                                    "exact:K=8 (covering sum; short texts only)")
     lora_rank: int = Field(0, ge=0, description="0 = full fine-tuning; >0 trains LoRA adapters (needs peft)")
     log_every: int = Field(1, ge=1)
+
+    # on-policy distillation (GKD, Agarwal et al. 2024): the student writes the continuations it is trained on
+    on_policy: float = Field(0.0, description="λ: fraction of batches whose continuations the student samples; "
+                                              "0 = off, 1 = every batch")
+    max_new_tokens: int = Field(64, ge=1, description="tokens the student samples per on-policy continuation")
+    gen_temperature: float = Field(1.0, gt=0, description="sampling temperature of on-policy continuations")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass of on-policy continuations")
+    prompt_bytes: int = Field(64, ge=1, description="prompt length in bytes: the start of a plain-text chunk, "
+                                                    "the end of a long prompt/response prompt")
+
+    @field_validator("byte_rule", mode="before")
+    @classmethod
+    def _known_rule(cls, v):
+        from ..bytes.rule import parse_byte_rule
+
+        return parse_byte_rule(v, "byte_rule").label()  # ConfigError naming the valid spellings
+
+    @field_validator("on_policy", mode="before")
+    @classmethod
+    def _on_policy_fraction(cls, v):
+        if isinstance(v, bool):  # YAML ``on_policy: true``
+            return 1.0 if v else 0.0
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a fraction of batches between 0 and 1 (0 = off, 1 = every batch), got {v!r}")
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"must be a fraction of batches between 0 and 1 (0 = off, 1 = every batch), got {f}; "
+                             "use --on-policy 1 for fully on-policy training")
+        return f
 
     @field_validator("teachers", mode="before")
     @classmethod
@@ -68,6 +100,8 @@ class DistillConfig(BaseModel):
         if self.teachers and self.byte_ce_weight == 0 and self.kl_weight == 0:
             raise ValueError("teachers are given but byte_ce_weight and kl_weight are both 0: the teachers would "
                              "be ignored; set kl_weight > 0 or drop the teachers")
+        if self.on_policy > 0:
+            self._check_on_policy()
         if not self.teachers and self.cache is None and self.kl_weight > 0:
             # CE-only runs: the KL term has nothing to match
             self.kl_weight = 0.0
@@ -76,11 +110,33 @@ class DistillConfig(BaseModel):
         LOSSES.get(self.kl_loss)  # unknown name → UnknownNameError listing close matches
         return self
 
+    def _check_on_policy(self) -> None:
+        """On-policy batches train only the divergence to the teachers on the student's samples (see
+        :mod:`mergekd.distill.onpolicy`), so they need live teachers and a divergence weight."""
+        if self.cache is not None:
+            raise ValueError("cache: a byte cache holds teacher targets for the training data only and cannot "
+                             "cover text the student samples; drop --cache (teachers run online) or set "
+                             "on_policy 0")
+        if not self.teachers:
+            raise ValueError("on_policy: on-policy batches are scored by teachers; give --teachers or set "
+                             "on_policy 0")
+        if self.kl_weight == 0:
+            raise ValueError("kl_weight: on-policy batches learn only from the teachers' divergence on the "
+                             "student's samples, so kl_weight must be > 0 (or set on_policy 0)")
+        if self.prompt_bytes >= self.seq_bytes:
+            raise ValueError(f"prompt_bytes: {self.prompt_bytes} must be smaller than seq_bytes ({self.seq_bytes}) "
+                             "so the continuation has room; lower --prompt-bytes")
+
     # ------------------------------------------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """Hash of everything that changes the result; a resumed run must match it (steps may grow)."""
+        """Hash of everything that changes the result; a resumed run must match it (steps may grow).
+
+        The sampling fields change nothing while ``on_policy`` is 0, so they are left out then (runs from before
+        on-policy training existed keep their fingerprint)."""
+        generation = {"on_policy", "max_new_tokens", "gen_temperature", "top_p"}
         fields = self.model_dump(mode="json", exclude={"steps", "save_every", "keep_checkpoints", "log_every",
-                                                       "out", "device", "eval_data"})
+                                                       "out", "device", "eval_data",
+                                                       *(generation if self.on_policy == 0 else ())})
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

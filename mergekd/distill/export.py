@@ -12,13 +12,23 @@ import tempfile
 from pathlib import Path
 
 
+def _teacher_names(cfg, signal) -> str:
+    """The teachers as configured; a run from a byte cache without --teachers names the cache's teachers."""
+    if cfg.teachers:
+        return ", ".join(cfg.teachers)
+    names = list(getattr(signal, "names", None) or [])
+    if names:
+        return ", ".join(names) + (f" (from the byte cache `{cfg.cache}`)" if cfg.cache else "")
+    return "(none: CE-only training)"
+
+
 def _model_card(cfg, signal, bpb: dict | None) -> str:
     mixer = getattr(signal, "mixer", None)
     describe = mixer.describe() if mixer is not None and hasattr(mixer, "describe") else None
     lines = [
         "---", "library_name: transformers", "tags: [mergekd, distillation, byte-level]", "---", "",
         "# Student distilled with mergekd", "",
-        f"- teachers: {', '.join(cfg.teachers) if cfg.teachers else '(none: CE-only training)'}",
+        f"- teachers: {_teacher_names(cfg, signal)}",
         f"- mixer: {cfg.mix}" + (f" — {json.dumps(describe)}" if describe else ""),
         f"- student: `{cfg.student}`",
         f"- data: `{cfg.data}` in chunks of {cfg.seq_bytes} bytes",
@@ -30,6 +40,10 @@ def _model_card(cfg, signal, bpb: dict | None) -> str:
                      "(dropped at export)")
     else:
         lines.append(f"- loss: token CE only (baseline), weight {cfg.token_ce_weight}")
+    if getattr(cfg, "on_policy", 0) > 0:
+        lines.append(f"- on-policy: {cfg.on_policy:g} of the batches sampled by the student ({cfg.max_new_tokens} new "
+                     f"tokens, temperature {cfg.gen_temperature}, top-p {cfg.top_p}, {cfg.prompt_bytes}-byte prompts) "
+                     f"and trained on {cfg.kl_loss} to the teachers on the sampled bytes")
     if bpb:
         lines.append(f"- held-out bits per byte on `{cfg.eval_data}`: {bpb['bpb']:.4f} ({bpb['bytes']} bytes)")
     lines += ["", "Load with `AutoModelForCausalLM.from_pretrained(folder)`; mergekd is not needed.", ""]

@@ -7,6 +7,11 @@ the same weights as an uninterrupted run.
 
 Scale: ``accelerate launch -m mergekd distill ...`` runs the same code data-parallel (DDP/FSDP/DeepSpeed per the
 accelerate config). ``batch_size`` is the global batch; each process takes an equal, disjoint share.
+
+On-policy (``on_policy`` = λ > 0, :mod:`mergekd.distill.onpolicy`): whether a step is on-policy is a pure
+function of (seed, step); on such a step every process samples continuations for its own share of the batch's
+prompts, each from a random stream keyed by (seed, step, position in the global batch), so resume stays exact.
+The samples go to ``OUT/samples.jsonl`` (one line per sample, truncated on resume like ``metrics.jsonl``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from ..data import load_chunks
 from ..errors import ConfigError
 from ..student import build_byte_head, load_student
 from .batch import build_student_batch
+from .onpolicy import fit_context, is_on_policy_step, sample_continuations, stream_seed
+from .prompts import read_data
 from .checkpoint import check_resumable, latest_checkpoint, save_checkpoint, write_atomic
 from .config import DistillConfig
 from .objective import LossWeights, StudentWithHead
@@ -61,8 +68,10 @@ def _accelerator(cfg: DistillConfig):
     return Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
 
 
-def _build_signal(cfg: DistillConfig, device, progress_print):
-    """Teachers (online) or a cache, combined by the configured mixer. None for CE-only runs."""
+def _build_signal(cfg: DistillConfig, device, progress_print, loaded: list | None = None):
+    """Teachers (online) or a cache, combined by the configured mixer. None for CE-only runs.
+
+    ``loaded``: teachers already in memory, used instead of loading ``cfg.teachers`` (same order)."""
     if cfg.cache is not None:
         from ..cache import CachedSignal
 
@@ -73,10 +82,11 @@ def _build_signal(cfg: DistillConfig, device, progress_print):
     from ..teachers import load_teacher
     from .signal import TeacherSignal
 
-    teachers = []
-    for spec in cfg.teachers:
+    teachers = list(loaded or [])
+    for spec in cfg.teachers[len(teachers):]:
         progress_print(f"loading teacher {spec} ...")
-        teachers.append(load_teacher(spec, overrides={"device": "cpu", "max_length": cfg.teacher_max_length}))
+        teachers.append(load_teacher(spec, overrides={"device": "cpu", "max_length": cfg.teacher_max_length,
+                                                      "byte_rule": cfg.byte_rule}))
     mixer = build_mixer(cfg.mix)
     signal = TeacherSignal(teachers, mixer, device, cfg.teacher_placement)
     return signal
@@ -97,8 +107,16 @@ def _fit_mixer(signal, cfg: DistillConfig, chunks: list[str]) -> None:
     mixer.fit(logprobs, masks, actual_bytes(fit_texts), teacher_names=signal.names)
 
 
-def distill(cfg: DistillConfig, *, show_progress: bool = True) -> Path:
-    """Run (or resume) a distillation; returns the export folder ``OUT/final``."""
+def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | None = None) -> Path:
+    """Run (or resume) a distillation; returns the export folder ``OUT/final``.
+
+    ``teachers``: loaded teachers (``mergekd.teachers.load_teacher`` or ``Teacher(name, model, tokenizer)``) to use
+    instead of loading ``cfg.teachers``, one per spec and in the same order — so a caller holding teachers in
+    memory (an ablation sweep, tests) runs several distillations without reloading them. The specs still name
+    the teachers in the config fingerprint and the model card."""
+    if teachers is not None and len(teachers) != len(cfg.teachers):
+        raise ConfigError(f"distill: {len(teachers)} loaded teachers given for {len(cfg.teachers)} teacher specs; "
+                          "pass one per spec, in the same order")
     from accelerate.utils import set_seed
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -122,8 +140,16 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True) -> Path:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    chunks = load_chunks(cfg.data, cfg.seq_bytes)
-    signal = _build_signal(cfg, accelerator.device, console.print) if use_head else None
+    data = read_data(cfg.data, seq_bytes=cfg.seq_bytes, prompt_bytes=cfg.prompt_bytes, tokenizer=tokenizer,
+                     need_response=cfg.on_policy < 1)
+    if data.kind == "prompt" and cfg.cache is not None:
+        raise ConfigError(f"cache: {cfg.data} holds prompt/response pairs, but byte caches cover plain-text chunks; "
+                          "drop --cache (teachers run online)")
+    if data.kind == "prompt" and cfg.prompt_bytes >= cfg.seq_bytes:
+        raise ConfigError(f"prompt_bytes: {cfg.prompt_bytes} must be smaller than seq_bytes ({cfg.seq_bytes}) so "
+                          "responses have room; lower --prompt-bytes or raise --seq-bytes")
+    chunks = data.texts
+    signal = _build_signal(cfg, accelerator.device, console.print, teachers) if use_head else None
     weights = LossWeights(cfg.token_ce_weight, cfg.byte_ce_weight, cfg.kl_weight, cfg.kl_loss, cfg.temperature)
     max_tokens = int(getattr(student.config, "max_position_embeddings", 2048))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -143,8 +169,10 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True) -> Path:
         _fit_mixer(signal, cfg, chunks)
 
     metrics_path = out / "metrics.jsonl"
+    samples_path = out / "samples.jsonl"
     if accelerator.is_main_process:
         _truncate_metrics(metrics_path, start_step)
+        _truncate_metrics(samples_path, start_step)
     meta = {"fingerprint": fingerprint, "config": cfg.model_dump(mode="json")}
     writers = [lambda folder: torch.save(mixer.state_dict(), folder / "mixer.pt")] if mixer is not None and \
         hasattr(mixer, "state_dict") else []
@@ -161,20 +189,36 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True) -> Path:
                 group["lr"] = lr_at(step, cfg)
             indices = batch_indices(len(chunks), step, cfg.batch_size, cfg.seed)
             mine = indices[accelerator.process_index::world]
+            positions = list(range(accelerator.process_index, len(indices), world))  # in the global batch
+            on_policy = is_on_policy_step(step, cfg.on_policy, cfg.seed)
+            step_weights = LossWeights(0.0, 0.0, cfg.kl_weight, cfg.kl_loss, cfg.temperature) if on_policy \
+                else weights
             logs: dict[str, float] = {}
             nbytes = 0
+            samples: list[dict] = []
             for m in range(cfg.grad_accum):
                 part_idx = mine[m * micro:(m + 1) * micro]
-                part = [chunks[i] for i in part_idx]
+                examples = [data.examples[i] for i in part_idx]
+                if on_policy:
+                    drawn = _sample(accelerator, model, vocab, examples, positions[m * micro:(m + 1) * micro],
+                                    step, cfg, max_tokens, pad_id)
+                    part = [s.text for s in drawn]
+                    loss_from = [s.prompt_bytes for s in drawn]
+                    samples += [{"step": step + 1, "index": pos, "prompt": s.prompt, "sample": s.continuation,
+                                 "tokens": s.tokens, "trimmed_bytes": s.trimmed}
+                                for pos, s in zip(positions[m * micro:(m + 1) * micro], drawn)]
+                else:
+                    part = [e.text for e in examples]
+                    loss_from = [e.loss_from for e in examples]
                 nbytes += sum(len(t.encode("utf-8")) for t in part)
-                batch, _ = build_student_batch(vocab, part, cfg.byte_offsets, max_tokens, pad_id)
+                batch, _ = build_student_batch(vocab, part, cfg.byte_offsets, max_tokens, pad_id, loss_from)
                 teacher_lp = teacher_mask = None
                 if signal is not None:
                     teacher_lp, teacher_mask = signal(part, part_idx)
                     teacher_lp, teacher_mask = teacher_lp.to(accelerator.device), teacher_mask.to(accelerator.device)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
-                        parts = model(batch.to(accelerator.device), teacher_lp, teacher_mask, weights)
+                        parts = model(batch.to(accelerator.device), teacher_lp, teacher_mask, step_weights)
                     if not torch.isfinite(parts["loss"]):
                         raise FloatingPointError(f"loss is {parts['loss'].item()} at step {step}")
                     accelerator.backward(parts["loss"])
@@ -182,13 +226,27 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True) -> Path:
                     optimizer.zero_grad()
                 for k, v in parts.items():
                     logs[k] = logs.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            if on_policy and world > 1:
+                from accelerate.utils import gather_object
+
+                samples = sorted(gather_object(samples), key=lambda r: r["index"])
             elapsed = time.perf_counter() - t0
             record = {"step": step + 1, "lr": lr_at(step, cfg), **{k: round(v, 6) for k, v in logs.items()},
-                      "bytes_per_s": round(nbytes * world / elapsed, 1)}
+                      "bytes_per_s": round(nbytes * world / elapsed, 1), "on_policy": on_policy}
+            if on_policy:
+                sample_bytes = [len(r["sample"].encode("utf-8")) for r in samples]
+                record["sample_bytes"] = round(sum(sample_bytes) / max(len(sample_bytes), 1), 1)
+                record["sample_trimmed_bytes"] = sum(r["trimmed_bytes"] for r in samples)
             if accelerator.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
                 with metrics_path.open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
+            if accelerator.is_main_process and samples:
+                # one write per step: a kill leaves whole steps or a torn last line (dropped on resume)
+                with samples_path.open("a") as fh:
+                    fh.write("".join(json.dumps(r) + "\n" for r in samples))
             info = " ".join(f"{k} {logs[k]:.3f}" for k in ("loss", "token_ce", "byte_ce", "kl") if k in logs)
+            if on_policy:
+                info += f" | on-policy {record['sample_bytes']:.0f} B/sample"
             bar.update(task, advance=1, info=f"{info} | {record['bytes_per_s']:.0f} B/s")
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
                 save_checkpoint(accelerator, out, step + 1, meta, writers, keep=cfg.keep_checkpoints)
@@ -204,11 +262,33 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True) -> Path:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past the resumed step (they belong to work that the crash threw away)."""
+    """Drop JSONL lines past the resumed step (they belong to work that the crash threw away), and a torn last
+    line that a kill in the middle of a write left behind."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text(encoding="utf-8").split("\n"):  # not splitlines(): U+2028 is not a line end
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", step + 1) <= step:
+            kept.append(line)
     write_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _sample(accelerator, model, vocab, examples, positions: list[int], step: int, cfg: DistillConfig,
+            max_tokens: int, pad_id: int) -> list:
+    """The student's continuations of ``examples``' prompts for this process's share of an on-policy step."""
+    student = accelerator.unwrap_model(model).student
+    seeds = [stream_seed(cfg.seed, step, pos) for pos in positions]
+    drawn = sample_continuations(student, vocab, [e.prompt for e in examples], seeds,
+                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.gen_temperature,
+                                 top_p=cfg.top_p, max_tokens=max_tokens, pad_id=pad_id,
+                                 autocast=accelerator.autocast)
+    return [fit_context(vocab, s, max_tokens) for s in drawn]
 
 
 def _with_lora(student, rank: int):

@@ -71,6 +71,10 @@ class StudentWithHead(nn.Module):
                 kl = _per_example_mean(div, ex[has], b)
                 parts["kl"] = kl
                 total = total + weights.kl * kl
+        if self.head is not None and not batch.head_example.numel():
+            # no supervised byte row in this batch (e.g. every on-policy sample came back empty): keep the head
+            # in the graph with a zero gradient, so data-parallel workers still agree on which parameters reduce
+            total = total + 0.0 * sum(p.sum() for p in self.head.parameters())
         parts = {k: v.mean() for k, v in parts.items()}
         parts["loss"] = total.mean()
         parts["tokens"] = keep.sum()
