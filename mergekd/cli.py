@@ -63,6 +63,12 @@ def _register_training_commands() -> None:
 
     app.command("cache")(cache_command)
     app.command("fidelity")(fidelity_command)
+    from .commands.demo_cmd import demo_command
+
+    app.command("demo")(demo_command)
+    from .commands.ablate_cmd import ablate_command
+
+    app.command("ablate")(ablate_command)
 
 
 _register_training_commands()
