@@ -109,17 +109,21 @@ def _finished(run_dir: Path, fingerprint: str) -> dict | None:
 
 
 def _train(cfg_overrides: dict, log: Callable[[str], None], show_progress: bool) -> dict:
+    """Train one student unless this exact config already finished. The run folder is named by the config's
+    fingerprint, so a demo rerun with other settings trains new students next to the old ones instead of
+    refusing to resume a different run."""
     from .distill import distill, load_config
 
-    run_cfg = load_config(None, cfg_overrides)
-    run_dir = Path(run_cfg.out)
+    probe = load_config(None, cfg_overrides)
+    run_dir = Path(probe.out) / probe.fingerprint()[:8]
+    run_cfg = load_config(None, {**cfg_overrides, "out": str(run_dir)})
     done = _finished(run_dir, run_cfg.fingerprint() + f":{run_cfg.steps}")
     if done is not None:
         log(f"{run_dir.name}: already trained ({run_cfg.steps} steps), skipping")
         return done
     start = time.perf_counter()
     final = distill(run_cfg, show_progress=show_progress)
-    result = {"fingerprint": run_cfg.fingerprint() + f":{run_cfg.steps}", "final": str(final),
+    result = {"fingerprint": run_cfg.fingerprint() + f":{run_cfg.steps}", "final": str(final), "run": str(run_dir),
               "eval": json.loads((final / "eval.json").read_text()), "seconds": time.perf_counter() - start}
     _write_if_changed(run_dir / "demo-done.json", json.dumps(result, indent=1))
     return result

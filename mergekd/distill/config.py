@@ -44,6 +44,8 @@ class DistillConfig(BaseModel):
     token_ce_weight: float = Field(1.0, ge=0)
     byte_ce_weight: float = Field(1.0, ge=0)
     kl_weight: float = Field(0.1, ge=0)
+    boundary_kl_weight: float = Field(0.0, ge=0, description="λ_bd: D(mixture ‖ the student's own next-byte "
+                                      "distribution at its token boundaries), which trains the token softmax")
     kl_loss: str = "forward-kl"
     temperature: float = Field(1.0, gt=0)
 
@@ -97,14 +99,15 @@ class DistillConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.teachers and self.byte_ce_weight == 0 and self.kl_weight == 0:
-            raise ValueError("teachers are given but byte_ce_weight and kl_weight are both 0: the teachers would "
-                             "be ignored; set kl_weight > 0 or drop the teachers")
+        if self.teachers and self.byte_ce_weight == 0 and self.kl_weight == 0 and self.boundary_kl_weight == 0:
+            raise ValueError("teachers are given but byte_ce_weight, kl_weight and boundary_kl_weight are all 0: the "
+                             "teachers would be ignored; set kl_weight > 0 or drop the teachers")
         if self.on_policy > 0:
             self._check_on_policy()
-        if not self.teachers and self.cache is None and self.kl_weight > 0:
-            # CE-only runs: the KL term has nothing to match
+        if not self.teachers and self.cache is None and (self.kl_weight > 0 or self.boundary_kl_weight > 0):
+            # CE-only runs: the KL terms have nothing to match
             self.kl_weight = 0.0
+            self.boundary_kl_weight = 0.0
         from ..losses import LOSSES
 
         LOSSES.get(self.kl_loss)  # unknown name → UnknownNameError listing close matches
@@ -120,7 +123,7 @@ class DistillConfig(BaseModel):
         if not self.teachers:
             raise ValueError("on_policy: on-policy batches are scored by teachers; give --teachers or set "
                              "on_policy 0")
-        if self.kl_weight == 0:
+        if self.kl_weight == 0 and self.boundary_kl_weight == 0:
             raise ValueError("kl_weight: on-policy batches learn only from the teachers' divergence on the "
                              "student's samples, so kl_weight must be > 0 (or set on_policy 0)")
         if self.prompt_bytes >= self.seq_bytes:
@@ -136,7 +139,10 @@ class DistillConfig(BaseModel):
         generation = {"on_policy", "max_new_tokens", "gen_temperature", "top_p"}
         fields = self.model_dump(mode="json", exclude={"steps", "save_every", "keep_checkpoints", "log_every",
                                                        "out", "device", "eval_data",
-                                                       *(generation if self.on_policy == 0 else ())})
+                                                       *(generation if self.on_policy == 0 else ()),
+                                                       *(("byte_rule",) if self.byte_rule == "canonical" else ()),
+                                                       *(("boundary_kl_weight",) if not self.boundary_kl_weight
+                                                         else ())})
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -107,6 +107,14 @@ def _fit_mixer(signal, cfg: DistillConfig, chunks: list[str]) -> None:
     mixer.fit(logprobs, masks, actual_bytes(fit_texts), teacher_names=signal.names)
 
 
+def first_byte_map(vocab, student) -> torch.Tensor:
+    """Student token id → first byte of its text (0..255), 256 for specials, empty tokens and ids past the
+    tokenizer (a model's embedding may be wider than its tokenizer). Used by the boundary term."""
+    width = int(student.get_output_embeddings().weight.shape[0])
+    firsts = [(b[0] if b else 256) for b in vocab.token_bytes[:width]]
+    return torch.tensor(firsts + [256] * (width - len(firsts)), dtype=torch.long)
+
+
 def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | None = None) -> Path:
     """Run (or resume) a distillation; returns the export folder ``OUT/final``.
 
@@ -132,11 +140,13 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
     set_seed(cfg.seed)
     student, tokenizer = load_student(cfg.student)
     vocab = byte_vocab_for(tokenizer)
-    use_head = bool(cfg.teachers or cfg.cache) and (cfg.byte_ce_weight > 0 or cfg.kl_weight > 0)
+    use_signal = bool(cfg.teachers or cfg.cache) and (cfg.byte_ce_weight > 0 or cfg.kl_weight > 0
+                                                      or cfg.boundary_kl_weight > 0)
+    use_head = use_signal and (cfg.byte_ce_weight > 0 or cfg.kl_weight > 0)
     head = build_byte_head(cfg.byte_head, student.config.hidden_size, cfg.byte_offsets) if use_head else None
     if cfg.lora_rank > 0:
         student = _with_lora(student, cfg.lora_rank)
-    model = StudentWithHead(student, head)
+    model = StudentWithHead(student, head, first_byte_map(vocab, student) if cfg.boundary_kl_weight > 0 else None)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -149,8 +159,9 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
         raise ConfigError(f"prompt_bytes: {cfg.prompt_bytes} must be smaller than seq_bytes ({cfg.seq_bytes}) so "
                           "responses have room; lower --prompt-bytes or raise --seq-bytes")
     chunks = data.texts
-    signal = _build_signal(cfg, accelerator.device, console.print, teachers) if use_head else None
-    weights = LossWeights(cfg.token_ce_weight, cfg.byte_ce_weight, cfg.kl_weight, cfg.kl_loss, cfg.temperature)
+    signal = _build_signal(cfg, accelerator.device, console.print, teachers) if use_signal else None
+    weights = LossWeights(cfg.token_ce_weight, cfg.byte_ce_weight, cfg.kl_weight, cfg.kl_loss, cfg.temperature,
+                          cfg.boundary_kl_weight)
     max_tokens = int(getattr(student.config, "max_position_embeddings", 2048))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -191,7 +202,8 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
             mine = indices[accelerator.process_index::world]
             positions = list(range(accelerator.process_index, len(indices), world))  # in the global batch
             on_policy = is_on_policy_step(step, cfg.on_policy, cfg.seed)
-            step_weights = LossWeights(0.0, 0.0, cfg.kl_weight, cfg.kl_loss, cfg.temperature) if on_policy \
+            step_weights = LossWeights(0.0, 0.0, cfg.kl_weight, cfg.kl_loss, cfg.temperature,
+                                       cfg.boundary_kl_weight) if on_policy \
                 else weights
             logs: dict[str, float] = {}
             nbytes = 0

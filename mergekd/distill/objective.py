@@ -1,4 +1,13 @@
-"""The training objective: token CE + λ_b·byte CE + λ_kl·D(mixture ‖ byte head), normalised per example.
+"""The training objective: token CE + λ_b·byte CE + λ_kl·D(mixture ‖ byte head) + λ_bd·D(mixture ‖ student
+first byte), normalised per example.
+
+The last term (``boundary_kl``) reaches the student's *token* distribution directly. At a student token boundary
+the student's next token fixes the next byte's distribution exactly: P_s(byte = c) = Σ over tokens v whose
+bytes start with c of P_s(v) (specials and empty tokens excluded, renormalised over the 256 bytes — the same
+convention as the teachers' canonical-path rows). The teachers' mixture row at that byte is a distribution over
+the same 256 bytes, so the two compare exactly, whatever the tokenizers. The byte head only shapes the hidden
+state; this term gives the token softmax itself the teachers' soft targets where they carry the most
+information (inside a token a row is nearly deterministic, at a boundary it spreads over many bytes).
 
 Why per example: each example's terms are averaged over its own tokens / byte rows, then examples are averaged.
 Data-parallel workers that each hold an equal share of a global batch then average to exactly the 1-process
@@ -23,6 +32,7 @@ class LossWeights:
     kl: float = 0.1
     kl_loss: str = "forward-kl"
     temperature: float = 1.0
+    boundary_kl: float = 0.0
 
 
 def _per_example_mean(values: torch.Tensor, example: torch.Tensor, num_examples: int) -> torch.Tensor:
@@ -35,10 +45,28 @@ def _per_example_mean(values: torch.Tensor, example: torch.Tensor, num_examples:
 class StudentWithHead(nn.Module):
     """The student LM and (optionally) its byte head in one module, so optimisers and DDP see both."""
 
-    def __init__(self, student: nn.Module, head: nn.Module | None):
+    def __init__(self, student: nn.Module, head: nn.Module | None, first_byte: torch.Tensor | None = None):
         super().__init__()
         self.student = student
         self.head = head
+        # student token id → its first byte (0..255), or 256 for specials / tokens without bytes; only needed by
+        # the boundary term, not saved with checkpoints (it is a function of the tokenizer)
+        self.register_buffer("first_byte", first_byte, persistent=False)
+
+    def student_first_byte_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """[M, V] token logits → [M, 257] log P(first byte of the next token), column 256 at ~−inf.
+
+        A grouped log-sum-exp: exp(logits − row max) summed into 257 bins with one ``index_add`` (vectorised over
+        the vocabulary), then renormalised over the 256 byte bins.
+        """
+        if self.first_byte is None:
+            raise ValueError("boundary_kl needs the student's first-byte map: StudentWithHead(..., first_byte=...)")
+        peak = logits.max(-1, keepdim=True).values.detach()
+        bins = torch.zeros(logits.shape[0], 257, dtype=logits.dtype, device=logits.device)
+        bins = bins.index_add(1, self.first_byte, (logits - peak).exp())
+        log_bins = torch.log(bins[:, :256].clamp_min(torch.finfo(logits.dtype).tiny))
+        log_q = log_bins - torch.logsumexp(log_bins, -1, keepdim=True)
+        return torch.cat([log_q, torch.full_like(log_q[:, :1], -1e4)], 1)  # finite: never 0·(−inf) in a loss
 
     def forward(self, batch: StudentBatch, teacher_logprobs: torch.Tensor | None, teacher_mask: torch.Tensor | None,
                 weights: LossWeights) -> dict[str, torch.Tensor]:
@@ -71,6 +99,16 @@ class StudentWithHead(nn.Module):
                 kl = _per_example_mean(div, ex[has], b)
                 parts["kl"] = kl
                 total = total + weights.kl * kl
+        if teacher_logprobs is not None and weights.boundary_kl > 0 and batch.head_example.numel():
+            rows = batch.head_text_row[:, 0]
+            has = batch.head_valid[:, 0] & (rows >= 0)
+            has[has.clone()] = teacher_mask[rows[has]]
+            token_logits = logits[batch.head_example[has], batch.head_position[has]]  # [M', V]
+            div = LOSSES.get(weights.kl_loss)(self.student_first_byte_logprobs(token_logits),
+                                              teacher_logprobs[rows[has]], temperature=weights.temperature)
+            boundary = _per_example_mean(div, batch.head_example[has], b)
+            parts["boundary_kl"] = boundary
+            total = total + weights.boundary_kl * boundary
         if self.head is not None and not batch.head_example.numel():
             # no supervised byte row in this batch (e.g. every on-policy sample came back empty): keep the head
             # in the graph with a zero gradient, so data-parallel workers still agree on which parameters reduce
