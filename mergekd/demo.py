@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from .errors import ConfigError
 
-DEFAULT_STUDENT = "new:llama?tokenizer=mistral-v3&layers=4&hidden=256&heads=4&ctx=512"
+DEFAULT_STUDENT = "new:llama?tokenizer=mistral-v3&layers=2&hidden=128&heads=4&ctx=512"
 
 
 @dataclass
@@ -44,13 +44,15 @@ class DemoConfig:
     train_bytes: int = 32_000
     heldout_bytes: int = 8_000
     seq_bytes: int = 512
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 8
     lr: float = 2e-3
     mix: str = "linear"
-    kl_weight: float = 1.0
-    byte_ce_weight: float = 1.0
+    # measured on this demo (README): the boundary term alone is the best of the variants tried at this scale
+    kl_weight: float = 0.0
+    byte_ce_weight: float = 0.0
     kl_loss: str = "forward-kl"
+    boundary_kl_weight: float = 1.0
     seed: int = 0
     score_chunk_bytes: int = 1024
     teacher_max_length: int = 512
@@ -184,7 +186,8 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print, show_progre
                  "kl_weight": 0.0}, log, show_progress)
     distilled = _train({**_run_overrides(cfg, train, heldout, "distilled"), "teachers": cfg.teachers,
                         "cache": str(cache), "mix": cfg.mix, "kl_weight": cfg.kl_weight,
-                        "byte_ce_weight": cfg.byte_ce_weight, "kl_loss": cfg.kl_loss}, log, show_progress)
+                        "byte_ce_weight": cfg.byte_ce_weight, "kl_loss": cfg.kl_loss,
+                        "boundary_kl_weight": cfg.boundary_kl_weight}, log, show_progress)
     timings["students"] = time.perf_counter() - t0
 
     log("[5/5] report: every model scored the same way on the held-out text")

@@ -250,3 +250,39 @@ def test_owned_cache_of_other_options_is_captured_again_a_named_one_is_refused(g
     shutil.copytree(source, owned)
     manifest = ensure_union_cache(owned, grid["specs"][:1], data, top_k=4, tail=1e-3, owned=True, **kw)
     assert manifest.top_k == 4 and [t.spec for t in read_manifest(owned).teachers] == grid["specs"][:1]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# off- vs on-policy with the teachers' verdict on each cell's own samples (issue 8)
+
+
+def test_on_policy_grid_reports_teacher_scored_sample_bpb(tmp_path, tokenizers, monkeypatch):
+    a = save_tiny_teacher(tmp_path / "tiny-gpt2", tokenizers("gpt2"), seed=3, logit_scale=0.5)
+    b = save_tiny_teacher(tmp_path / "tiny-mistral", tokenizers("mistral-v1"), seed=4, logit_scale=0.5)
+    specs = [f"hf:{a}", f"hf:{b}"]
+    cfg = _cfg(base={"steps": 2, "batch_size": 2, "seq_bytes": 200, "save_every": 2, "warmup_steps": 1,
+                     "teacher_max_length": 128, "device": "cpu", "lr": 3e-3, "max_new_tokens": 8,
+                     "kl_loss": "jsd"},
+               grid={"teachers": [specs], "on_policy": [0, 1], "kl_weight": [1.0]},
+               sample_eval={"prompts": "asset:botchan[-1200:]", "num_prompts": 2, "prompt_bytes": 48,
+                            "max_new_tokens": 8},
+               teacher_eval=False, teacher_device="cpu")
+    out = tmp_path / "out"
+    result = run_ablation(cfg, out, show_progress=False)
+    assert len(result.rows) == 2
+    with open(out / "results.csv") as fh:
+        table = list(csv.DictReader(fh))
+    for row, rec in zip(table, result.rows):
+        saved = json.loads((out / "cells" / rec["id"] / "sample_eval.json").read_text())["result"]
+        assert math.isfinite(saved["sample_bpb"]) and saved["sample_bytes"] > 0
+        assert float(row["sample_bpb"]) == saved["sample_bpb"]
+    logged = [out / "cells" / r["id"] / "samples.jsonl" for r in result.rows]
+    assert sum(p.is_file() and bool(p.read_text().strip()) for p in logged) == 1  # only the on-policy cell sampled
+
+    # a rerun reuses the verdicts: no judge is loaded, nothing is sampled again
+    import mergekd.teachers as teachers_mod
+
+    monkeypatch.setattr(teachers_mod, "load_teacher", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("judges loaded on a rerun")))
+    again = run_ablation(cfg, out, show_progress=False)
+    assert [r["sample_bpb"] for r in again.rows] == [r["sample_bpb"] for r in result.rows]

@@ -40,7 +40,8 @@ def demo_run(tmp_path_factory, tokenizers):
     teachers = [f"hf:{save_tiny_teacher(root / name, tokenizers(name), seed=i, logit_scale=1.5)}"
                 for i, name in enumerate(["gpt2", "smollm2"])]
     cfg = DemoConfig(out=root / "out", teachers=teachers, student=STUDENT, train_bytes=3_000, heldout_bytes=600,
-                     seq_bytes=256, steps=6, batch_size=4, score_chunk_bytes=300, teacher_max_length=256)
+                     seq_bytes=256, steps=6, batch_size=4, score_chunk_bytes=300, teacher_max_length=256,
+                     kl_weight=0.5, byte_ce_weight=1.0, boundary_kl_weight=1.0)  # every loss term
     report = run_demo(cfg, log=lambda m: None, show_progress=False)
     return cfg, report
 

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizers):
     """Two tiny teachers (GPT-2 and Mistral tokenizers) as hf: folders, a train and a held-out text."""
-    from mergekd.assets import read_text
+    from mergekd.assets import read_body
 
     root = tmp_path_factory.mktemp("distill")
     specs = []
@@ -36,7 +36,7 @@ def setup(tmp_path_factory, tokenizers):
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
         specs.append(f"hf:{folder}")
-    text = read_text("botchan")
+    text = read_body("botchan")  # the book without its Gutenberg header and licence
     (root / "train.txt").write_text(text[:6000])
     (root / "heldout.txt").write_text(text[-2000:])
     config = {

@@ -95,6 +95,26 @@ def split_teachers(value: Any, where: str) -> list[str]:
     raise ValueError(f"{where}: a teacher subset is a list of specs or a comma string, got {value!r}")
 
 
+class SampleEvalSettings(BaseModel):
+    """Teacher-scored BPB of each cell's own samples (issue 8): what on-policy training is meant to improve.
+
+    Prompts are ``num_prompts`` pieces of ``prompt_bytes`` bytes spread evenly over ``prompts`` (a file or an
+    ``asset:`` slice that should be held out); every cell's export continues them with the same sampling
+    settings and seed, and the union of the grid's teachers, pooled by ``mix``, scores the continuation bytes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: str = Field(..., description="file or asset:NAME[a:b] the prompts are cut from")
+    num_prompts: int = Field(16, ge=1)
+    prompt_bytes: int = Field(64, ge=8)
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    mix: str = "linear"
+    seed: int = 0
+
+
 class CacheSettings(BaseModel):
     """Where and how the teacher byte cache of the grid is captured (once, for the union of its teachers)."""
 
@@ -119,6 +139,8 @@ class AblationConfig(BaseModel):
     teacher_eval: bool = True
     teacher_device: str = Field("auto", description="device for cache capture and teacher BPB: auto, cpu, cuda")
     labels: dict[str, str] = Field(default_factory=dict, description="teacher spec → short name in cell ids")
+    sample_eval: SampleEvalSettings | None = Field(
+        None, description="also score each cell's own samples with the teachers (sample_bpb column)")
 
     @field_validator("cache", mode="before")
     @classmethod

@@ -29,8 +29,9 @@ def table_rows(plan: Plan, rows: list[dict]) -> tuple[list[str], list[dict]]:
     by_id = {c.id: c for c in plan.cells}
     axes = [a for a in axes_of(plan.cells) if a != "teachers"]
     baselines = {_baseline_key(by_id[r["id"]].values): r["bpb"] for r in rows if by_id[r["id"]].ce_only}
-    columns = ["cell", "teachers", *axes, "bpb", "delta_vs_ce", "bytes", "final_loss", "steps", "seconds",
-               "teacher_specs"]
+    sampled = any(r.get("sample_bpb") is not None for r in rows)
+    columns = ["cell", "teachers", *axes, "bpb", "delta_vs_ce", *(["sample_bpb"] if sampled else []), "bytes",
+               "final_loss", "steps", "seconds", "teacher_specs"]
     out = []
     for r in rows:
         cell = by_id[r["id"]]
@@ -38,7 +39,8 @@ def table_rows(plan: Plan, rows: list[dict]) -> tuple[list[str], list[dict]]:
         out.append({"cell": cell.id, "teachers": cell.shown("teachers"), **{a: cell.shown(a) for a in axes},
                     "bpb": r["bpb"], "delta_vs_ce": None if base is None or cell.ce_only else r["bpb"] - base,
                     "bytes": r["bytes"], "final_loss": r.get("final_loss"), "steps": r["steps"],
-                    "seconds": r["seconds"], "teacher_specs": ",".join(cell.teachers), "_ce_only": cell.ce_only})
+                    "seconds": r["seconds"], "teacher_specs": ",".join(cell.teachers), "_ce_only": cell.ce_only,
+                    "sample_bpb": r.get("sample_bpb")})
     return columns, out
 
 
@@ -64,7 +66,7 @@ def _display(row: dict, column: str) -> str:
     value = row[column]
     if column == "delta_vs_ce":
         return "-" if value is None else f"{value:+.4f}"
-    if column in ("bpb", "final_loss"):
+    if column in ("bpb", "final_loss", "sample_bpb"):
         return _num(value, 4)
     if column == "seconds":
         return f"{value:.0f}"
@@ -155,7 +157,8 @@ def print_table(plan: Plan, rows: list[dict], teachers: list[dict], console) -> 
     columns, table = table_rows(plan, rows)
     # the cell id already spells its axis values; the console keeps the numbers readable at 80 columns
     # (results.csv / results.md have one column per axis)
-    shown = ["cell", "bpb", "delta_vs_ce", "final_loss", "steps", "seconds"]
+    shown = ["cell", "bpb", "delta_vs_ce", *(["sample_bpb"] if "sample_bpb" in columns else []), "final_loss",
+             "steps", "seconds"]
     status = {r["id"]: r.get("status", "") for r in rows}
     out = Table(title="held-out bits per byte (lower is better)")
     out.add_column("cell", overflow="fold", ratio=1)

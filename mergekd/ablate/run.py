@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .config import PATH_FIELDS, AblationConfig, Cell, expand_cells, load_ablation, teacher_labels
-from .data import check_disjoint, is_asset, materialize
+from .data import check_disjoint, is_asset, materialize, target_path
 
 FINGERPRINT_EXCLUDE = {"out", "cache", "device", "save_every", "keep_checkpoints", "log_every", *PATH_FIELDS}
 
@@ -279,6 +279,8 @@ def run_ablation(config: AblationConfig | Path | str, out: Path | str, *, consol
     # 1. data slices
     specs = {v for c in [cfg.base, *cfg.cells] for k, v in c.items() if k in PATH_FIELDS and isinstance(v, str)}
     specs |= {v for k, vs in cfg.grid.items() if k in PATH_FIELDS for v in vs if isinstance(v, str)}
+    if cfg.sample_eval is not None:
+        specs.add(cfg.sample_eval.prompts)
     for spec in sorted(s for s in specs if is_asset(s)):
         materialize(spec, out)
     for cell in plan.cells:
@@ -318,7 +320,17 @@ def run_ablation(config: AblationConfig | Path | str, out: Path | str, *, consol
             for spec in plan.teachers:
                 teachers.append(_teacher_reference(spec, labels[spec], eval_file, out, device, max_length, say))
 
-    # 4. cells
+    # 4. cells (+ the teachers' verdict on each cell's own samples when sample_eval is set)
+    judge = None
+    if cfg.sample_eval is not None:
+        from .samples import SampleJudge
+
+        prompts = cfg.sample_eval.prompts
+        prompts_file = target_path(prompts, out) if is_asset(prompts) else Path(prompts)
+        if not prompts_file.is_file():
+            raise ConfigError(f"sample_eval.prompts: {prompts_file} does not exist")
+        judge = SampleJudge(cfg.sample_eval, prompts_file, plan.teachers, device,
+                            int(cfg.base.get("teacher_max_length", 1024)), say)
     rows: list[dict] = []
     files: dict[str, Path] = {}
     n = len(plan.cells)
@@ -328,10 +340,15 @@ def run_ablation(config: AblationConfig | Path | str, out: Path | str, *, consol
         say(f"[bold]cell {i}/{n}[/] {cell.id} — {cell.config.steps} steps (total elapsed "
             f"{_clock(time.perf_counter() - start)})")
         row = run_cell(cell, fingerprint, show_progress=show_progress, say=say)
+        if judge is not None:
+            row.update(judge.score(Path(cell.config.out), Path(row["export"])))
+            say(f"  teacher-scored BPB of its own samples: {row['sample_bpb']:.4f}")
         rows.append(row)
         say(f"  {row['status']}: held-out {row['bpb']:.4f} bits/byte in {_clock(time.perf_counter() - t0)} "
             f"(total {_clock(time.perf_counter() - start)})")
         files = write_reports(plan, rows, teachers, png=False)  # partial results survive an interruption
+    if judge is not None:
+        judge.close()
     files = write_reports(plan, rows, teachers, png=True)
     print_table(plan, rows, teachers, console)
     say(f"results: {', '.join(str(p) for p in files.values())} ({_clock(time.perf_counter() - start)})")

@@ -18,9 +18,12 @@ def demo_command(
     text: str = typer.Option("botchan", help="offline public-domain text: botchan, hamlet, lear, tempest"),
     train_bytes: int = typer.Option(32_000, help="training bytes (the start of the text)"),
     heldout_bytes: int = typer.Option(8_000, help="held-out bytes (the end of the text)"),
-    steps: int = typer.Option(300, help="optimizer steps of each student"),
+    steps: int = typer.Option(200, help="optimizer steps of each student"),
     mix: str = typer.Option("linear", help="mixer spec, e.g. linear, learned, product"),
-    kl_weight: float = typer.Option(1.0, help="weight of KL(mixture ‖ byte head)"),
+    kl_weight: float = typer.Option(0.0, help="weight of KL(mixture ‖ byte head)"),
+    byte_ce_weight: float = typer.Option(0.0, help="weight of the byte head's CE on the text's bytes"),
+    boundary_kl_weight: float = typer.Option(1.0, help="weight of KL(mixture ‖ student's own first-byte "
+                                                       "distribution) at its token boundaries"),
     seed: int = typer.Option(0, help="seed of both student runs"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also copy the report here"),
@@ -40,7 +43,8 @@ def demo_command(
     console = Console()
     cfg = DemoConfig(out=out, teachers=[t.strip() for t in teachers.split(",") if t.strip()], student=student,
                      text=text, train_bytes=train_bytes, heldout_bytes=heldout_bytes, steps=steps, mix=mix,
-                     kl_weight=kl_weight, seed=seed)
+                     kl_weight=kl_weight, byte_ce_weight=byte_ce_weight,
+                     boundary_kl_weight=boundary_kl_weight, seed=seed)
     from ..demo import run_demo
 
     @contextmanager
