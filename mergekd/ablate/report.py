@@ -161,7 +161,7 @@ def print_table(plan: Plan, rows: list[dict], teachers: list[dict], console) -> 
              "steps", "seconds"]
     status = {r["id"]: r.get("status", "") for r in rows}
     out = Table(title="held-out bits per byte (lower is better)")
-    out.add_column("cell", overflow="fold", ratio=1)
+    out.add_column("cell", overflow="fold", ratio=1, min_width=24)  # never squeezed away
     for column in [*shown[1:], "status"]:
         out.add_column(column, no_wrap=True)
     best = min((r["bpb"] for r in table), default=None)
