@@ -12,6 +12,22 @@ from pathlib import Path
 from .errors import ConfigError, EmptyTextError
 
 
+def jsonl_records(path: Path):
+    """``(line number, object)`` for each non-blank line of a JSONL file; a line that is not a JSON object is a
+    ConfigError naming the file and line (so a bad line in a 10 GB file is found without guessing)."""
+    with Path(path).open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise ConfigError(f"{path}:{n}: each line must be a JSON object")
+            yield n, record
+
+
 def read_documents(path: Path | str) -> list[str]:
     """Documents of a data file: ``.jsonl`` (one JSON object per line with a ``text`` field) or plain text
     (the whole file is one document)."""
@@ -20,17 +36,10 @@ def read_documents(path: Path | str) -> list[str]:
         raise ConfigError(f"data file {path} does not exist")
     if path.suffix == ".jsonl":
         docs = []
-        with path.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise ConfigError(f"{path}:{n}: each line needs a string field 'text'")
-                docs.append(record["text"])
+        for n, record in jsonl_records(path):
+            if not isinstance(record.get("text"), str):
+                raise ConfigError(f"{path}:{n}: each line needs a string field 'text'")
+            docs.append(record["text"])
     else:
         raw = path.read_bytes()
         try:

@@ -13,9 +13,7 @@ so a slice never splits a character. Same convention as :func:`mergekd.assets.te
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -98,15 +96,9 @@ def materialize(spec: str, out: Path) -> Path:
     data = slice_bytes(spec)
     if path.is_file() and path.read_bytes() == data:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..cache.shard import write_atomic
+
+    write_atomic(path, data)
     return path
 
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cache.shard import write_atomic
 from ..errors import ConfigError
 from .config import PATH_FIELDS, AblationConfig, Cell, expand_cells, load_ablation, teacher_labels
 from .data import check_disjoint, is_asset, materialize, target_path
@@ -36,15 +35,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(Path(path), data)  # temporary sibling + fsync + os.replace: never a partial file
 
 
 def _sha256_file(path: Path) -> str:

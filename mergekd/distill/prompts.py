@@ -21,11 +21,10 @@ writes the responses. Any other file (``.txt``, ...) is plain text. Errors name 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import load_chunks
+from ..data import jsonl_records, load_chunks
 from ..errors import ConfigError, EmptyTextError
 
 
@@ -107,7 +106,7 @@ def read_data(path: Path | str, *, seq_bytes: int, prompt_bytes: int, tokenizer=
         return TrainingData([Example(c, utf8_prefix(c.encode("utf-8"), prompt_bytes).decode("utf-8"), 0)
                              for c in chunks], "text")
     examples = []
-    for n, record in _records(path):
+    for n, record in jsonl_records(path):
         prompt, response = _prompt_response(record, path, n, tokenizer, need_response)
         p = utf8_suffix(prompt.encode("utf-8"), prompt_bytes)
         r = utf8_prefix(response.encode("utf-8"), seq_bytes - len(p)) if response else b""
@@ -123,7 +122,7 @@ def detect_format(path: Path) -> str:
         raise ConfigError(f"data file {path} does not exist")
     if path.suffix != ".jsonl":
         return "text"
-    for n, record in _records(path):
+    for n, record in jsonl_records(path):
         if "text" in record:
             return "text"
         if "prompt" in record or "messages" in record:
@@ -131,20 +130,6 @@ def detect_format(path: Path) -> str:
         raise ConfigError(f"{path}:{n}: each line needs a field 'text' (plain text), 'prompt' (with 'response') or "
                           f"'messages' (a chat); this line has {sorted(record) or 'no fields'}")
     raise EmptyTextError(f"data file {path} holds no text")
-
-
-def _records(path: Path):
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ConfigError(f"{path}:{n}: each line must be a JSON object")
-            yield n, record
 
 
 def _prompt_response(record: dict, path: Path, n: int, tokenizer, need_response: bool) -> tuple[str, str]:
