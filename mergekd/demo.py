@@ -21,8 +21,6 @@ Steps (each is skipped on a rerun when its output is already there, so an interr
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,13 +67,11 @@ class DemoConfig:
 
 def _write_if_changed(path: Path, text: str) -> None:
     """Atomic write that leaves an identical file untouched (its mtime and the caches keyed on it stay valid)."""
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    from .cache.shard import write_atomic
+
+    data = text.encode("utf-8")
+    if not (path.is_file() and path.read_bytes() == data):
+        write_atomic(path, data)
 
 
 def prepare_data(cfg: DemoConfig) -> tuple[Path, Path]:
@@ -117,8 +113,8 @@ def _train(cfg_overrides: dict, log: Callable[[str], None], show_progress: bool)
     from .distill import distill, load_config
 
     probe = load_config(None, cfg_overrides)
-    run_dir = Path(probe.out) / probe.fingerprint()[:8]
-    run_cfg = load_config(None, {**cfg_overrides, "out": str(run_dir)})
+    run_cfg = probe.model_copy(update={"out": Path(probe.out) / probe.fingerprint()[:8]})
+    run_dir = Path(run_cfg.out)
     done = _finished(run_dir, run_cfg.fingerprint() + f":{run_cfg.steps}")
     if done is not None:
         log(f"{run_dir.name}: already trained ({run_cfg.steps} steps), skipping")
@@ -176,8 +172,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print, show_progre
     key = {"teachers": cfg.teachers, "mix": cfg.mix, "heldout": heldout.read_text(encoding="utf-8"),
            "chunk_bytes": cfg.score_chunk_bytes}
     teachers = _cached_json(teacher_json, key, lambda: _score(
-        cfg.teachers, heldout, cfg.mix, cfg.score_chunk_bytes, train if _needs_fit(cfg.mix) else None,
-        score_progress))
+        cfg.teachers, heldout, cfg.mix, cfg.score_chunk_bytes, train, score_progress))
     timings["teachers"] = time.perf_counter() - t0
 
     log(f"[4/5] students: CE-only and distilled, {cfg.steps} steps each ({cfg.student})")
@@ -215,12 +210,6 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print, show_progre
     _write_if_changed(cfg.out / "demo.json", json.dumps(report, indent=1))
     _write_if_changed(cfg.out / "demo.md", markdown_table(report))
     return report
-
-
-def _needs_fit(mix: str) -> bool:
-    from .mix import build_mixer
-
-    return bool(getattr(build_mixer(mix), "needs_fit", False))
 
 
 def _cached_json(path: Path, key: dict, compute: Callable[[], dict]) -> dict:

@@ -235,9 +235,10 @@ def score(teachers: str | Sequence[str], data: Path | str, *, fit_data: Path | s
         check_loadable(r)
     data = Path(data)
     fit_path = Path(fit_data) if fit_data is not None else None
-    mixer, _ = _prepare_mixer(mix, fit_path, data)
+    mixer, needs_fit = _prepare_mixer(mix, fit_path, data)
     texts = load_score_texts(data, chunk_bytes, max_bytes)
-    fit_texts = load_score_texts(fit_path, chunk_bytes, max_bytes) if (mixer is not None and fit_path) else []
+    # teachers run over the fit text only for a mixer that learns from it (a fixed mixer has nothing to fit)
+    fit_texts = load_score_texts(fit_path, chunk_bytes, max_bytes) if (needs_fit and fit_path) else []
     actual = actual_bytes(texts)
     total = int(actual.numel())
 

@@ -42,6 +42,13 @@ def _per_example_mean(values: torch.Tensor, example: torch.Tensor, num_examples:
     return sums / counts.clamp(min=1)
 
 
+def _with_teacher(valid: torch.Tensor, rows: torch.Tensor, teacher_mask: torch.Tensor) -> torch.Tensor:
+    """Supervised byte slots that have a text row (≥ 0) where the mixture is defined."""
+    has = valid & (rows >= 0)
+    has[has.clone()] = teacher_mask[rows[has]]
+    return has
+
+
 class StudentWithHead(nn.Module):
     """The student LM and (optionally) its byte head in one module, so optimisers and DDP see both."""
 
@@ -92,8 +99,7 @@ class StudentWithHead(nn.Module):
             total = total + weights.byte_ce * byte_ce
             if teacher_logprobs is not None and weights.kl > 0:
                 rows = batch.head_text_row
-                has = valid & (rows >= 0)
-                has[has.clone()] = teacher_mask[rows[has]]
+                has = _with_teacher(valid, rows, teacher_mask)
                 div = LOSSES.get(weights.kl_loss)(head_logits[has], teacher_logprobs[rows[has]],
                                                   temperature=weights.temperature)
                 kl = _per_example_mean(div, ex[has], b)
@@ -101,8 +107,7 @@ class StudentWithHead(nn.Module):
                 total = total + weights.kl * kl
         if teacher_logprobs is not None and weights.boundary_kl > 0 and batch.head_example.numel():
             rows = batch.head_text_row[:, 0]
-            has = batch.head_valid[:, 0] & (rows >= 0)
-            has[has.clone()] = teacher_mask[rows[has]]
+            has = _with_teacher(batch.head_valid[:, 0], rows, teacher_mask)
             token_logits = logits[batch.head_example[has], batch.head_position[has]]  # [M', V]
             div = LOSSES.get(weights.kl_loss)(self.student_first_byte_logprobs(token_logits),
                                               teacher_logprobs[rows[has]], temperature=weights.temperature)
