@@ -1,10 +1,11 @@
-"""Benchmark: one optimizer step with the byte head (token CE + byte CE + KL to teacher rows) vs a CE-only step.
+"""Benchmark: one optimizer step with the byte head (token CE + byte CE + KL to teacher rows), and one with the
+token-trie term (token CE + KL to the byte rows of the student's own token softmax), vs a CE-only step.
 
 Same student (a fresh Llama with the Mistral-v3 tokenizer), same batch of real text (botchan), same optimizer;
 the teacher mixture rows are precomputed (teacher cost is measured by benchmarks/cache.py), so the ratio is the
 price of the byte head itself. Steps alternate between the two variants to share any machine noise.
 
-Last line: ``RESULT bytehead/ce_only=<x>``.
+Prints ``RESULT trie/ce_only=<y>``, then (last line) ``RESULT bytehead/ce_only=<x>``.
 Run: python benchmarks/distill_step.py [--steps 6] [--batch 8] [--seq-bytes 512]
 """
 
@@ -21,10 +22,12 @@ import torch  # noqa: E402
 
 from mergekd.assets import read_text  # noqa: E402
 from mergekd.bytes import byte_vocab_for  # noqa: E402
+from mergekd.bytes.targets import model_vocab_width  # noqa: E402
 from mergekd.data import chunk_text  # noqa: E402
 from mergekd.distill.batch import build_student_batch  # noqa: E402
 from mergekd.distill.objective import LossWeights, StudentWithHead  # noqa: E402
 from mergekd.student import build_byte_head, load_student  # noqa: E402
+from mergekd.student.byte_rows import StudentByteRows  # noqa: E402
 
 
 def main() -> None:
@@ -39,10 +42,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     texts = chunk_text(read_text("botchan"), args.seq_bytes)[10:10 + args.batch]
     runs = {}
-    for name, with_head in (("ce_only", False), ("bytehead", True)):
+    for name in ("ce_only", "bytehead", "trie"):
+        with_head, trie = name == "bytehead", name == "trie"
         student, tok = load_student(args.student)
         head = build_byte_head(args.head, student.config.hidden_size, 10) if with_head else None
-        model = StudentWithHead(student, head).train()
+        rows_of_vocab = StudentByteRows.for_vocab(byte_vocab_for(tok), model_vocab_width(student)) if trie else None
+        model = StudentWithHead(student, head, rows_of_vocab).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         batch, offsets = build_student_batch(byte_vocab_for(tok), texts, 10, 512)
         g = torch.Generator().manual_seed(0)
@@ -50,8 +55,9 @@ def main() -> None:
         teacher = torch.log_softmax(torch.randn(rows, 257, generator=g) * 3, -1)
         teacher[:, 256] = float("-inf")
         teacher = teacher - teacher.logsumexp(-1, keepdim=True)
-        weights = LossWeights(1.0, 1.0 if with_head else 0.0, 0.1 if with_head else 0.0)
-        runs[name] = (model, opt, batch, teacher if with_head else None, torch.ones(rows, dtype=torch.bool), weights)
+        weights = LossWeights(1.0, 1.0 if with_head else 0.0, 0.1 if with_head else 0.0, trie_kl=1.0 if trie else 0.0)
+        runs[name] = (model, opt, batch, teacher if name != "ce_only" else None, torch.ones(rows, dtype=torch.bool),
+                      weights)
 
     def step(name):
         model, opt, batch, teacher, mask, weights = runs[name]
@@ -74,6 +80,7 @@ def main() -> None:
           f"threads {args.threads}, median of {args.steps} steps")
     for k, v in med.items():
         print(f"  {k:9s} {v * 1e3:8.1f} ms/step")
+    print(f"RESULT trie/ce_only={med['trie'] / med['ce_only']:.3f}")
     print(f"RESULT bytehead/ce_only={med['bytehead'] / med['ce_only']:.3f}")
 
 

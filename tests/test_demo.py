@@ -42,7 +42,7 @@ def demo_run(tmp_path_factory, tokenizers):
                 for i, name in enumerate(["gpt2", "smollm2"])]
     cfg = DemoConfig(out=root / "out", teachers=teachers, student=STUDENT, train_bytes=3_000, heldout_bytes=600,
                      seq_bytes=256, steps=6, batch_size=4, score_chunk_bytes=300, teacher_max_length=256,
-                     kl_weight=0.5, byte_ce_weight=1.0, boundary_kl_weight=1.0)  # every loss term
+                     kl_weight=0.5, byte_ce_weight=1.0, trie_kl_weight=1.0)  # every loss term
     report = run_demo(cfg, log=lambda m: None, show_progress=False)
     return cfg, report
 
@@ -66,7 +66,7 @@ def test_demo_report_matches_its_files(demo_run):
     assert report["gain_bits_per_byte"] == pytest.approx(ce["byte_bpb"] - distilled["byte_bpb"])
     # the distilled run really trained from the cache with the byte head; the CE-only run had no teacher
     card = (Path(distilled["folder"]) / "README.md").read_text()
-    assert "byte head" in card and "boundary" in card and "gpt2" in card
+    assert "byte head" in card and "token-trie" in card and "gpt2" in card
     assert "token CE only" in (Path(ce["folder"]) / "README.md").read_text()
     # each run lives in a folder named by its config fingerprint, under ce-only/ and distilled/
     assert Path(ce["folder"]).parent.parent == out / "ce-only"

@@ -44,7 +44,8 @@ from ..errors import ConfigError
 from .data import is_asset, parse_asset, target_path
 
 # Fields that only matter when there are teachers: a CE-only cell ignores them, so they do not split baselines.
-TEACHER_ONLY = ("mix", "fit_data", "kl_weight", "byte_ce_weight", "byte_head", "byte_offsets", "kl_loss",
+TEACHER_ONLY = ("mix", "fit_data", "kl_weight", "byte_ce_weight", "trie_kl_weight", "trie_kl_depth", "byte_head",
+                "byte_offsets", "kl_loss",
                 "temperature", "teacher_placement", "teacher_max_length", "byte_rule",
                 # on-policy distillation: the student's samples are scored by the teachers
                 "on_policy", "max_new_tokens", "gen_temperature", "top_p", "prompt_bytes")
@@ -52,8 +53,9 @@ TEACHER_ONLY = ("mix", "fit_data", "kl_weight", "byte_ce_weight", "byte_head", "
 MANAGED = {"out": "each cell runs in OUT/cells/<cell id>; choose OUT with --out",
            "cache": "use the top-level `cache:` setting of the ablation config"}
 # Axes named first in cell ids and tables, in this order; other axes follow alphabetically.
-AXIS_ORDER = ("teachers", "mix", "kl_weight", "byte_ce_weight", "byte_head")
-ID_PREFIX = {"kl_weight": "kl", "byte_ce_weight": "bce", "token_ce_weight": "tce"}
+AXIS_ORDER = ("teachers", "mix", "kl_weight", "byte_ce_weight", "trie_kl_weight", "byte_head")
+ID_PREFIX = {"kl_weight": "kl", "byte_ce_weight": "bce", "token_ce_weight": "tce", "trie_kl_weight": "trie",
+             "trie_kl_depth": "depth"}
 CE_ONLY_ID = "ce-only"
 PATH_FIELDS = ("data", "eval_data", "fit_data")
 NONE_WORDS = {"", "none", "ce-only", "ce_only", "baseline"}

@@ -16,6 +16,8 @@ CUDA. Rows whose masses underflow float32 (a realised token ~1e-38 below the top
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..errors import NonFiniteError
@@ -61,18 +63,22 @@ def _block_tree(index: ByteTrieIndex, probs: torch.Tensor) -> torch.Tensor:
     return tree
 
 
-def child_masses(index: ByteTrieIndex, logits: torch.Tensor, row_pos: torch.Tensor, row_node: torch.Tensor,
-                 *, probs_dtype: torch.dtype = torch.float32, max_elements: int = 1 << 23,
-                 inputs_are_probs: bool = False) -> torch.Tensor:
-    """Masses ``M(p·c)`` for c in 0..255 of each row's trie node under softmax(logits[row_pos]) → [R, 256] f64.
+@dataclass
+class _EdgePlan:
+    """Which tree nodes and direct vocabulary elements sum to each (row, child edge) — all sorted by position."""
 
-    ``row_pos`` must be sorted. Work is split into chunks of ≤ ``max_elements`` logits that reuse one softmax
-    buffer; every other tensor is O(rows + edges). With ``inputs_are_probs`` the first argument already holds
-    probabilities (any positive per-row scale) and is used as is.
-    """
-    device = logits.device
-    num_pos, width = logits.shape
-    # --- expansions, once: rows → edges → (tree cover nodes, direct elements); all stay sorted by position
+    edge_row: torch.Tensor  # [E] row of each expanded edge
+    edge: torch.Tensor  # [E] edge id (index into ByteTrieIndex.edge_*)
+    cover_edge: torch.Tensor  # [C] expanded edge of each segment-tree node term
+    cover_node: torch.Tensor  # [C] segment-tree node
+    cover_pos: torch.Tensor  # [C] logits row it reads
+    elem_edge: torch.Tensor  # [N] expanded edge of each direct term
+    elem_id: torch.Tensor  # [N] natural token id
+    elem_pos: torch.Tensor  # [N] logits row it reads
+
+
+def _plan_edges(index: ByteTrieIndex, row_pos: torch.Tensor, row_node: torch.Tensor) -> _EdgePlan:
+    """Expand rows → child edges → (tree cover nodes, direct elements), vectorised (no loop over rows)."""
     first = index.edge_ptr[row_node]
     edge_row, within = _segment_offsets(index.edge_ptr[row_node + 1] - first)
     edge = first[edge_row] + within
@@ -80,24 +86,44 @@ def child_masses(index: ByteTrieIndex, logits: torch.Tensor, row_pos: torch.Tens
     t0 = index.edge_tree_ptr[edge]
     cover_edge, cover_k = _segment_offsets(index.edge_tree_ptr[edge + 1] - t0)
     cover_node = index.edge_tree_nodes[t0[cover_edge] + cover_k]
-    cover_pos = edge_pos[cover_edge]
     part = index.edge_part[edge]  # [E, 4] = (a1, b1, a2, b2) rank ranges
     n1 = part[:, 1] - part[:, 0]
     elem_edge, elem_k = _segment_offsets(n1 + part[:, 3] - part[:, 2])
     first_range = elem_k < n1[elem_edge]
     rank = torch.where(first_range, part[elem_edge, 0] + elem_k, part[elem_edge, 2] + elem_k - n1[elem_edge])
-    elem_id = index.sorted_ids[rank]
-    elem_pos = edge_pos[elem_edge]
+    return _EdgePlan(edge_row, edge, cover_edge, cover_node, edge_pos[cover_edge], elem_edge,
+                     index.sorted_ids[rank], edge_pos[elem_edge])
 
-    cover_val = torch.empty(cover_node.numel(), dtype=torch.float64, device=device)
-    elem_val = torch.empty(elem_id.numel(), dtype=torch.float64, device=device)
+
+def _scatter_masses(index: ByteTrieIndex, plan: _EdgePlan, cover_val: torch.Tensor, elem_val: torch.Tensor,
+                    num_rows: int) -> torch.Tensor:
+    """Sum the cover and direct terms per edge and lay the edges out as [rows, 256] masses (out of place)."""
+    mass = torch.zeros(plan.edge.numel(), dtype=torch.float64, device=cover_val.device)
+    mass = mass.index_add(0, plan.cover_edge, cover_val).index_add(0, plan.elem_edge, elem_val)
+    out = torch.zeros(num_rows, 256, dtype=torch.float64, device=cover_val.device)
+    return out.index_put((plan.edge_row, index.edge_byte[plan.edge]), mass)
+
+
+def child_masses(index: ByteTrieIndex, logits: torch.Tensor, row_pos: torch.Tensor, row_node: torch.Tensor,
+                 *, probs_dtype: torch.dtype = torch.float32, max_elements: int = 1 << 23,
+                 inputs_are_probs: bool = False) -> torch.Tensor:
+    """Masses ``M(p·c)`` for c in 0..255 of each row's trie node under softmax(logits[row_pos]) → [R, 256] f64.
+
+    ``row_pos`` must be sorted. Work is split into chunks of ≤ ``max_elements`` logits that reuse one softmax
+    buffer; every other tensor is O(rows + edges). With ``inputs_are_probs`` the first argument already holds
+    probabilities (any positive per-row scale) and is used as is. Not differentiable (buffers are reused); the
+    student's side uses :func:`differentiable_child_masses`.
+    """
+    device = logits.device
+    num_pos, width = logits.shape
+    plan = _plan_edges(index, row_pos, row_node)
+    cover_val = torch.empty(plan.cover_node.numel(), dtype=torch.float64, device=device)
+    elem_val = torch.empty(plan.elem_id.numel(), dtype=torch.float64, device=device)
     chunk = max(1, max_elements // max(1, width))
     buf = None if inputs_are_probs else torch.empty(min(chunk, num_pos), width, dtype=probs_dtype, device=device)
-    needed = torch.zeros(num_pos + 1, dtype=torch.bool, device=device)
-    needed[row_pos] = True
     bounds = torch.arange(0, num_pos + chunk, chunk, device=device).clamp(max=num_pos)
-    c_bounds = torch.searchsorted(cover_pos, bounds).tolist()
-    e_bounds = torch.searchsorted(elem_pos, bounds).tolist()
+    c_bounds = torch.searchsorted(plan.cover_pos, bounds).tolist()
+    e_bounds = torch.searchsorted(plan.elem_pos, bounds).tolist()
     for i, p0 in enumerate(bounds[:-1].tolist()):  # loop over memory chunks, not over positions
         p1 = min(p0 + chunk, num_pos)
         if inputs_are_probs:
@@ -109,16 +135,33 @@ def child_masses(index: ByteTrieIndex, logits: torch.Tensor, row_pos: torch.Tens
             raise NonFiniteError("teacher logits contain NaN or +inf (or a row of -inf); refusing to build "
                                  "byte targets from them")
         c0, c1 = c_bounds[i], c_bounds[i + 1]
-        cover_val[c0:c1] = tree[cover_pos[c0:c1] - p0, cover_node[c0:c1]]
+        cover_val[c0:c1] = tree[plan.cover_pos[c0:c1] - p0, plan.cover_node[c0:c1]]
         e0, e1 = e_bounds[i], e_bounds[i + 1]
-        elem_val[e0:e1] = probs[elem_pos[e0:e1] - p0, elem_id[e0:e1]].to(torch.float64)
+        elem_val[e0:e1] = probs[plan.elem_pos[e0:e1] - p0, plan.elem_id[e0:e1]].to(torch.float64)
+    return _scatter_masses(index, plan, cover_val, elem_val, row_node.numel())
 
-    mass = torch.zeros(edge.numel(), dtype=torch.float64, device=device)
-    mass.index_add_(0, cover_edge, cover_val)
-    mass.index_add_(0, elem_edge, elem_val)
-    out = torch.zeros(row_node.numel(), 256, dtype=torch.float64, device=device)
-    out[edge_row, index.edge_byte[edge]] = mass
-    return out
+
+def differentiable_child_masses(index: ByteTrieIndex, probs: torch.Tensor, row_pos: torch.Tensor,
+                                row_node: torch.Tensor) -> torch.Tensor:
+    """:func:`child_masses` for probabilities that need gradients (the student's own token softmax).
+
+    Same block tree and edge plan, built out of place in one piece (student batches are small enough), so
+    autograd sees every step. Block sums are taken in the input dtype (≤ ``block_size`` terms each), the tree
+    and the edge sums in float64: every mass is a sum of positive terms, never a difference.
+    """
+    plan = _plan_edges(index, row_pos, row_node)
+    blocks = torch.zeros(probs.shape[0], index.num_blocks + 1, dtype=probs.dtype, device=probs.device)
+    blocks = blocks.index_add(1, index.block_of_token[: probs.shape[1]], probs)[:, : index.num_blocks]
+    level = torch.nn.functional.pad(blocks.double(), (0, index.tree_size - index.num_blocks))
+    levels = [level]
+    while level.shape[1] > 1:  # pairwise sums, one level at a time
+        level = level[:, 0::2] + level[:, 1::2]
+        levels.append(level)
+    # node 0 unused, node 1 = root, nodes [w, 2w) = the level of width w — the layout of _block_tree
+    tree = torch.cat([torch.zeros_like(level)] + levels[::-1], 1)
+    cover_val = tree[plan.cover_pos, plan.cover_node]
+    elem_val = probs[plan.elem_pos, plan.elem_id].double()
+    return _scatter_masses(index, plan, cover_val, elem_val, row_node.numel())
 
 
 def _normalise(masses: torch.Tensor) -> torch.Tensor:

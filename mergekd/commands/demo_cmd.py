@@ -22,8 +22,8 @@ def demo_command(
     mix: str = typer.Option("linear", help="mixer spec, e.g. linear, learned, product"),
     kl_weight: float = typer.Option(0.0, help="weight of KL(mixture ‖ byte head)"),
     byte_ce_weight: float = typer.Option(0.0, help="weight of the byte head's CE on the text's bytes"),
-    boundary_kl_weight: float = typer.Option(1.0, help="weight of KL(mixture ‖ student's own first-byte "
-                                                       "distribution) at its token boundaries"),
+    trie_kl_weight: float = typer.Option(3.0, help="weight of KL(mixture ‖ the byte rows of the student's own "
+                                                   "token softmax) at every byte of its tokens"),
     seed: int = typer.Option(0, help="seed of both student runs"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also copy the report here"),
@@ -44,7 +44,7 @@ def demo_command(
     cfg = DemoConfig(out=out, teachers=[t.strip() for t in teachers.split(",") if t.strip()], student=student,
                      text=text, train_bytes=train_bytes, heldout_bytes=heldout_bytes, steps=steps, mix=mix,
                      kl_weight=kl_weight, byte_ce_weight=byte_ce_weight,
-                     boundary_kl_weight=boundary_kl_weight, seed=seed)
+                     trie_kl_weight=trie_kl_weight, seed=seed)
     from ..demo import run_demo
 
     @contextmanager

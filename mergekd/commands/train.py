@@ -28,8 +28,11 @@ def distill_command(
     byte_head: Optional[str] = typer.Option(None, help="parallel (BLD) or recurrent"),
     byte_offsets: Optional[int] = typer.Option(None, help="K: bytes of the next token the head predicts"),
     byte_ce_weight: Optional[float] = typer.Option(None), kl_weight: Optional[float] = typer.Option(None),
-    boundary_kl_weight: Optional[float] = typer.Option(
-        None, help="weight of D(mixture ‖ student's own first-byte distribution) at its token boundaries (0)"),
+    trie_kl_weight: Optional[float] = typer.Option(
+        None, help="weight of D(mixture ‖ the byte rows the student's own token softmax implies) — trains the "
+                   "token softmax at every byte of each student token (0)"),
+    trie_kl_depth: Optional[int] = typer.Option(None, help="byte offsets per student token the trie term covers: "
+                                                           "1 = first byte only, 0 = up to --byte-offsets (0)"),
     kl_loss: Optional[str] = typer.Option(None, help="forward-kl, reverse-kl or jsd"),
     temperature: Optional[float] = typer.Option(None),
     save_every: Optional[int] = typer.Option(None), device: Optional[str] = typer.Option(None),
@@ -61,7 +64,7 @@ def distill_command(
     from ..distill import distill, load_config
 
     if ce_only:
-        overrides.update(teachers=[], byte_ce_weight=0.0, kl_weight=0.0, boundary_kl_weight=0.0, cache=None)
+        overrides.update(teachers=[], byte_ce_weight=0.0, kl_weight=0.0, trie_kl_weight=0.0, cache=None)
     cfg = load_config(config, overrides)
     for field in ("student", "data", "out"):
         if getattr(cfg, field, None) is None:

@@ -44,8 +44,11 @@ class DistillConfig(BaseModel):
     token_ce_weight: float = Field(1.0, ge=0)
     byte_ce_weight: float = Field(1.0, ge=0)
     kl_weight: float = Field(0.1, ge=0)
-    boundary_kl_weight: float = Field(0.0, ge=0, description="λ_bd: D(mixture ‖ the student's own next-byte "
-                                      "distribution at its token boundaries), which trains the token softmax")
+    trie_kl_weight: float = Field(0.0, ge=0, description="λ_t: D(mixture ‖ the next-byte distribution the "
+                                  "student's token softmax implies through its byte trie), which trains the token "
+                                  "softmax itself")
+    trie_kl_depth: int = Field(0, ge=0, le=64, description="byte offsets of each student token the trie term "
+                               "covers: 1 = the first byte only, 0 = every offset up to byte_offsets")
     kl_loss: str = "forward-kl"
     temperature: float = Field(1.0, gt=0)
 
@@ -99,15 +102,15 @@ class DistillConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.teachers and self.byte_ce_weight == 0 and self.kl_weight == 0 and self.boundary_kl_weight == 0:
-            raise ValueError("teachers are given but byte_ce_weight, kl_weight and boundary_kl_weight are all 0: the "
+        if self.teachers and self.byte_ce_weight == 0 and self.kl_weight == 0 and self.trie_kl_weight == 0:
+            raise ValueError("teachers are given but byte_ce_weight, kl_weight and trie_kl_weight are all 0: the "
                              "teachers would be ignored; set kl_weight > 0 or drop the teachers")
         if self.on_policy > 0:
             self._check_on_policy()
-        if not self.teachers and self.cache is None and (self.kl_weight > 0 or self.boundary_kl_weight > 0):
+        if not self.teachers and self.cache is None and (self.kl_weight > 0 or self.trie_kl_weight > 0):
             # CE-only runs: the KL terms have nothing to match
             self.kl_weight = 0.0
-            self.boundary_kl_weight = 0.0
+            self.trie_kl_weight = 0.0
         from ..losses import LOSSES
 
         LOSSES.get(self.kl_loss)  # unknown name → UnknownNameError listing close matches
@@ -123,7 +126,7 @@ class DistillConfig(BaseModel):
         if not self.teachers:
             raise ValueError("on_policy: on-policy batches are scored by teachers; give --teachers or set "
                              "on_policy 0")
-        if self.kl_weight == 0 and self.boundary_kl_weight == 0:
+        if self.kl_weight == 0 and self.trie_kl_weight == 0:
             raise ValueError("kl_weight: on-policy batches learn only from the teachers' divergence on the "
                              "student's samples, so kl_weight must be > 0 (or set on_policy 0)")
         if self.prompt_bytes >= self.seq_bytes:
@@ -141,8 +144,8 @@ class DistillConfig(BaseModel):
                                                        "out", "device", "eval_data",
                                                        *(generation if self.on_policy == 0 else ()),
                                                        *(("byte_rule",) if self.byte_rule == "canonical" else ()),
-                                                       *(("boundary_kl_weight",) if not self.boundary_kl_weight
-                                                         else ())})
+                                                       *(("trie_kl_weight", "trie_kl_depth")
+                                                         if not self.trie_kl_weight else ())})
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -37,8 +37,10 @@ def _model_card(cfg, signal, bpb: dict | None) -> str:
     if cfg.teachers or cfg.cache:
         lines.append(f"- loss: token CE × {cfg.token_ce_weight} + byte CE × {cfg.byte_ce_weight} + {cfg.kl_loss} × "
                      f"{cfg.kl_weight} (T = {cfg.temperature}), byte head {cfg.byte_head} K = {cfg.byte_offsets} "
-                     "(dropped at export)" + (f" + boundary {cfg.kl_loss} × {cfg.boundary_kl_weight} on the student's "
-                                             "own first-byte distribution" if cfg.boundary_kl_weight else ""))
+                     "(dropped at export)" + (f" + token-trie {cfg.kl_loss} × {cfg.trie_kl_weight} on the byte rows "
+                                             "of the student's own token softmax (depth "
+                                             f"{cfg.trie_kl_depth or cfg.byte_offsets})" if cfg.trie_kl_weight
+                                             else ""))
     else:
         lines.append(f"- loss: token CE only (baseline), weight {cfg.token_ce_weight}")
     if getattr(cfg, "on_policy", 0) > 0:

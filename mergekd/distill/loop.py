@@ -25,9 +25,11 @@ from pathlib import Path
 import torch
 
 from ..bytes import byte_vocab_for
+from ..bytes.targets import model_vocab_width
 from ..data import load_chunks
 from ..errors import ConfigError
 from ..student import build_byte_head, load_student
+from ..student.byte_rows import StudentByteRows
 from .batch import build_student_batch
 from .onpolicy import fit_context, is_on_policy_step, sample_continuations, stream_seed
 from .prompts import read_data
@@ -107,14 +109,6 @@ def _fit_mixer(signal, cfg: DistillConfig, chunks: list[str]) -> None:
     mixer.fit(logprobs, masks, actual_bytes(fit_texts), teacher_names=signal.names)
 
 
-def first_byte_map(vocab, student) -> torch.Tensor:
-    """Student token id → first byte of its text (0..255), 256 for specials, empty tokens and ids past the
-    tokenizer (a model's embedding may be wider than its tokenizer). Used by the boundary term."""
-    width = int(student.get_output_embeddings().weight.shape[0])
-    firsts = [(b[0] if b else 256) for b in vocab.token_bytes[:width]]
-    return torch.tensor(firsts + [256] * (width - len(firsts)), dtype=torch.long)
-
-
 def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | None = None) -> Path:
     """Run (or resume) a distillation; returns the export folder ``OUT/final``.
 
@@ -141,12 +135,13 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
     student, tokenizer = load_student(cfg.student)
     vocab = byte_vocab_for(tokenizer)
     use_signal = bool(cfg.teachers or cfg.cache) and (cfg.byte_ce_weight > 0 or cfg.kl_weight > 0
-                                                      or cfg.boundary_kl_weight > 0)
+                                                      or cfg.trie_kl_weight > 0)
     use_head = use_signal and (cfg.byte_ce_weight > 0 or cfg.kl_weight > 0)
     head = build_byte_head(cfg.byte_head, student.config.hidden_size, cfg.byte_offsets) if use_head else None
     if cfg.lora_rank > 0:
         student = _with_lora(student, cfg.lora_rank)
-    model = StudentWithHead(student, head, first_byte_map(vocab, student) if cfg.boundary_kl_weight > 0 else None)
+    byte_rows = StudentByteRows.for_vocab(vocab, model_vocab_width(student)) if cfg.trie_kl_weight > 0 else None
+    model = StudentWithHead(student, head, byte_rows)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -161,7 +156,7 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
     chunks = data.texts
     signal = _build_signal(cfg, accelerator.device, console.print, teachers) if use_signal else None
     weights = LossWeights(cfg.token_ce_weight, cfg.byte_ce_weight, cfg.kl_weight, cfg.kl_loss, cfg.temperature,
-                          cfg.boundary_kl_weight)
+                          cfg.trie_kl_weight, cfg.trie_kl_depth)
     max_tokens = int(getattr(student.config, "max_position_embeddings", 2048))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -203,8 +198,7 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
             positions = list(range(accelerator.process_index, len(indices), world))  # in the global batch
             on_policy = is_on_policy_step(step, cfg.on_policy, cfg.seed)
             step_weights = LossWeights(0.0, 0.0, cfg.kl_weight, cfg.kl_loss, cfg.temperature,
-                                       cfg.boundary_kl_weight) if on_policy \
-                else weights
+                                       cfg.trie_kl_weight, cfg.trie_kl_depth) if on_policy else weights
             logs: dict[str, float] = {}
             nbytes = 0
             samples: list[dict] = []

@@ -1,13 +1,14 @@
-"""The training objective: token CE + λ_b·byte CE + λ_kl·D(mixture ‖ byte head) + λ_bd·D(mixture ‖ student
-first byte), normalised per example.
+"""The training objective: token CE + λ_b·byte CE + λ_kl·D(mixture ‖ byte head) + λ_t·D(mixture ‖ student
+token trie), normalised per example.
 
-The last term (``boundary_kl``) reaches the student's *token* distribution directly. At a student token boundary
-the student's next token fixes the next byte's distribution exactly: P_s(byte = c) = Σ over tokens v whose
-bytes start with c of P_s(v) (specials and empty tokens excluded, renormalised over the 256 bytes — the same
-convention as the teachers' canonical-path rows). The teachers' mixture row at that byte is a distribution over
-the same 256 bytes, so the two compare exactly, whatever the tokenizers. The byte head only shapes the hidden
-state; this term gives the token softmax itself the teachers' soft targets where they carry the most
-information (inside a token a row is nearly deterministic, at a boundary it spreads over many bytes).
+The last term (``trie_kl``) reaches the student's *token* distribution directly. At byte offset k of each student
+token, the student's next-token distribution implies a next-byte distribution through its own byte trie
+(:mod:`mergekd.student.byte_rows`: the canonical-path rule the teachers' rows use, plus an END outcome for "the
+token stops here"). The teachers' mixture row at that text byte is mapped onto the same outcomes and compared
+with the configured divergence. The byte head only shapes the hidden state; this term gives the token softmax
+itself a soft target at every byte: at offset 0 (a token boundary) it spreads over many bytes, inside a token it
+ranks the subtrees of the vocabulary that share the token's prefix. ``trie_kl_depth`` = 1 keeps offset 0 only
+(the first byte of the next token); 0 uses every supervised offset.
 
 Why per example: each example's terms are averaged over its own tokens / byte rows, then examples are averaged.
 Data-parallel workers that each hold an equal share of a global batch then average to exactly the 1-process
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from ..losses import LOSSES
+from ..student.byte_rows import StudentByteRows, teacher_rows_on_support
 from .batch import StudentBatch
 
 
@@ -32,7 +34,8 @@ class LossWeights:
     kl: float = 0.1
     kl_loss: str = "forward-kl"
     temperature: float = 1.0
-    boundary_kl: float = 0.0
+    trie_kl: float = 0.0
+    trie_kl_depth: int = 0  # byte offsets per token (0: every supervised offset)
 
 
 def _per_example_mean(values: torch.Tensor, example: torch.Tensor, num_examples: int) -> torch.Tensor:
@@ -52,28 +55,30 @@ def _with_teacher(valid: torch.Tensor, rows: torch.Tensor, teacher_mask: torch.T
 class StudentWithHead(nn.Module):
     """The student LM and (optionally) its byte head in one module, so optimisers and DDP see both."""
 
-    def __init__(self, student: nn.Module, head: nn.Module | None, first_byte: torch.Tensor | None = None):
+    def __init__(self, student: nn.Module, head: nn.Module | None, byte_rows: StudentByteRows | None = None):
         super().__init__()
         self.student = student
         self.head = head
-        # student token id → its first byte (0..255), or 256 for specials / tokens without bytes; only needed by
-        # the boundary term, not saved with checkpoints (it is a function of the tokenizer)
-        self.register_buffer("first_byte", first_byte, persistent=False)
+        # the student vocabulary's trie tables, only needed by the trie term; not parameters and not saved with
+        # checkpoints (a function of the tokenizer), moved to the logits' device on first use
+        self.byte_rows = byte_rows
 
-    def student_first_byte_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
-        """[M, V] token logits → [M, 257] log P(first byte of the next token), column 256 at ~−inf.
-
-        A grouped log-sum-exp: exp(logits − row max) summed into 257 bins with one ``index_add`` (vectorised over
-        the vocabulary), then renormalised over the 256 byte bins.
-        """
-        if self.first_byte is None:
-            raise ValueError("boundary_kl needs the student's first-byte map: StudentWithHead(..., first_byte=...)")
-        peak = logits.max(-1, keepdim=True).values.detach()
-        bins = torch.zeros(logits.shape[0], 257, dtype=logits.dtype, device=logits.device)
-        bins = bins.index_add(1, self.first_byte, (logits - peak).exp())
-        log_bins = torch.log(bins[:, :256].clamp_min(torch.finfo(logits.dtype).tiny))
-        log_q = log_bins - torch.logsumexp(log_bins, -1, keepdim=True)
-        return torch.cat([log_q, torch.full_like(log_q[:, :1], -1e4)], 1)  # finite: never 0·(−inf) in a loss
+    def _trie_kl(self, logits, batch: StudentBatch, teacher_logprobs, teacher_mask, weights: LossWeights):
+        """Per-row D(mixture mapped onto the student's outcomes ‖ student trie row) and each row's example."""
+        if self.byte_rows is None:
+            raise ValueError("trie_kl needs the student's byte trie: StudentWithHead(..., byte_rows=...)")
+        depth = weights.trie_kl_depth or batch.head_valid.shape[1]
+        rows = batch.head_text_row[:, :depth]
+        has = _with_teacher(batch.head_valid[:, :depth], rows, teacher_mask)
+        head_row, offset = has.nonzero(as_tuple=True)
+        used, row_pos = torch.unique(head_row, return_inverse=True)
+        ex, pos = batch.head_example[used], batch.head_position[used]
+        tokens = batch.target_ids[batch.head_example[head_row], batch.head_position[head_row]]
+        self.byte_rows = self.byte_rows.to(logits.device)
+        student_lp, support = self.byte_rows.logprobs(logits[ex, pos], row_pos, tokens, offset)
+        target, usable = teacher_rows_on_support(teacher_logprobs[rows[has]], support)
+        div = LOSSES.get(weights.kl_loss)(student_lp[usable], target[usable], temperature=weights.temperature)
+        return div, batch.head_example[head_row][usable]
 
     def forward(self, batch: StudentBatch, teacher_logprobs: torch.Tensor | None, teacher_mask: torch.Tensor | None,
                 weights: LossWeights) -> dict[str, torch.Tensor]:
@@ -105,15 +110,11 @@ class StudentWithHead(nn.Module):
                 kl = _per_example_mean(div, ex[has], b)
                 parts["kl"] = kl
                 total = total + weights.kl * kl
-        if teacher_logprobs is not None and weights.boundary_kl > 0 and batch.head_example.numel():
-            rows = batch.head_text_row[:, 0]
-            has = _with_teacher(batch.head_valid[:, 0], rows, teacher_mask)
-            token_logits = logits[batch.head_example[has], batch.head_position[has]]  # [M', V]
-            div = LOSSES.get(weights.kl_loss)(self.student_first_byte_logprobs(token_logits),
-                                              teacher_logprobs[rows[has]], temperature=weights.temperature)
-            boundary = _per_example_mean(div, batch.head_example[has], b)
-            parts["boundary_kl"] = boundary
-            total = total + weights.boundary_kl * boundary
+        if teacher_logprobs is not None and weights.trie_kl > 0 and batch.head_example.numel():
+            div, ex = self._trie_kl(logits, batch, teacher_logprobs, teacher_mask, weights)
+            trie = _per_example_mean(div, ex, b)
+            parts["trie_kl"] = trie
+            total = total + weights.trie_kl * trie
         if self.head is not None and not batch.head_example.numel():
             # no supervised byte row in this batch (e.g. every on-policy sample came back empty): keep the head
             # in the graph with a zero gradient, so data-parallel workers still agree on which parameters reduce
