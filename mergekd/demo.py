@@ -52,6 +52,7 @@ class DemoConfig:
     byte_ce_weight: float = 0.0
     kl_loss: str = "forward-kl"
     trie_kl_weight: float = 3.0
+    trie_kl_depth: int = 0
     seed: int = 0
     score_chunk_bytes: int = 1024
     teacher_max_length: int = 512
@@ -183,7 +184,8 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print, show_progre
     distilled = _train({**_run_overrides(cfg, train, heldout, "distilled"), "teachers": cfg.teachers,
                         "cache": str(cache), "mix": cfg.mix, "kl_weight": cfg.kl_weight,
                         "byte_ce_weight": cfg.byte_ce_weight, "kl_loss": cfg.kl_loss,
-                        "trie_kl_weight": cfg.trie_kl_weight}, log, show_progress)
+                        "trie_kl_weight": cfg.trie_kl_weight, "trie_kl_depth": cfg.trie_kl_depth}, log,
+                       show_progress)
     timings["students"] = time.perf_counter() - t0
 
     log("[5/5] report: every model scored the same way on the held-out text")

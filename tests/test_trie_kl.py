@@ -58,7 +58,7 @@ def test_trie_rows_and_gradients_match_float64_reference(tokenizers, tok):
     torch.manual_seed(1)
     logits = (torch.randn(4, width) * 4).requires_grad_(True)
     row_pos = torch.tensor([0, 1, 1, 2, 3, 3])
-    got, support = rows.logprobs(logits, row_pos, torch.tensor(ids), torch.tensor(offsets))
+    got, support = rows.logprobs(torch.log_softmax(logits, -1), row_pos, torch.tensor(ids), torch.tensor(offsets))
     ref_logits = logits.detach().double().requires_grad_(True)
     token_bytes = list(vocab.token_bytes) + [None] * 3
     want, want_support = reference_rows(ref_logits[row_pos], token_bytes,
@@ -81,7 +81,7 @@ def test_tiny_child_keeps_its_mass_next_to_a_heavy_prefix(tokenizers):
     the = vocab.tokenizer.convert_tokens_to_ids("Ġthe")
     logits = torch.full((1, len(vocab)), -60.0)
     logits[0, the] = 0.0  # " the" has ~all the mass; every other " t…" token is e^-60
-    got, support = rows.logprobs(logits, torch.zeros(1, dtype=torch.long), torch.tensor([the]), torch.tensor([2]))
+    got, support = rows.logprobs(torch.log_softmax(logits, -1), torch.zeros(1, dtype=torch.long), torch.tensor([the]), torch.tensor([2]))
     want, _ = reference_rows(logits, list(vocab.token_bytes), [b" t"])
     assert got[0, ord("h")] > -1e-6
     other = support[0].clone()

@@ -24,6 +24,8 @@ def demo_command(
     byte_ce_weight: float = typer.Option(0.0, help="weight of the byte head's CE on the text's bytes"),
     trie_kl_weight: float = typer.Option(3.0, help="weight of KL(mixture ‖ the byte rows of the student's own "
                                                    "token softmax) at every byte of its tokens"),
+    trie_kl_depth: int = typer.Option(0, help="byte offsets per student token the trie term covers (1 = first "
+                                              "byte only, 0 = all)"),
     seed: int = typer.Option(0, help="seed of both student runs"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also copy the report here"),
@@ -44,7 +46,7 @@ def demo_command(
     cfg = DemoConfig(out=out, teachers=[t.strip() for t in teachers.split(",") if t.strip()], student=student,
                      text=text, train_bytes=train_bytes, heldout_bytes=heldout_bytes, steps=steps, mix=mix,
                      kl_weight=kl_weight, byte_ce_weight=byte_ce_weight,
-                     trie_kl_weight=trie_kl_weight, seed=seed)
+                     trie_kl_weight=trie_kl_weight, trie_kl_depth=trie_kl_depth, seed=seed)
     from ..demo import run_demo
 
     @contextmanager

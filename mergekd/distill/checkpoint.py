@@ -9,6 +9,7 @@ so a kill at any instant leaves either the old or the new checkpoint, never half
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -48,6 +49,19 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+class _TiedWeightsNotice(logging.Filter):
+    """Drop accelerate's "Removed shared tensor ... while saving" warning for tied input/output embeddings.
+
+    Why: safetensors stores a tied tensor once and accelerate warns on every checkpoint; the tie is restored on
+    load (the SIGKILL-resume test checks bit-equal weights), so the warning only alarms users mid-run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in str(record.getMessage())
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNotice())
 
 
 def save_checkpoint(accelerator, out: Path, step: int, meta: dict, extra_writers=(), keep: int = 2) -> Path:

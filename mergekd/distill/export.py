@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -53,7 +54,22 @@ def _model_card(cfg, signal, bpb: dict | None) -> str:
     return "\n".join(lines)
 
 
-def export_student(student, tokenizer, final: Path, cfg, signal=None) -> Path:
+@contextmanager
+def _hf_progress_bars(enabled: bool):
+    """transformers' progress bars off inside the block when ``enabled`` is False, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if not enabled and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not enabled and was_on:
+            hf_logging.enable_progress_bar()
+
+
+def export_student(student, tokenizer, final: Path, cfg, signal=None, show_progress: bool = True) -> Path:
     final = Path(final)
     if hasattr(student, "merge_and_unload"):  # LoRA: fold adapters into the weights
         student = student.merge_and_unload()
@@ -65,7 +81,8 @@ def export_student(student, tokenizer, final: Path, cfg, signal=None) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".final.tmp-", dir=final.parent))
     try:
-        student.save_pretrained(str(tmp), safe_serialization=True)
+        with _hf_progress_bars(show_progress):  # quiet runs print no "Writing model shards" bar
+            student.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(_model_card(cfg, signal, bpb))
         if bpb:

@@ -262,7 +262,7 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
     final = out / "final"
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        export_student(unwrapped.student, tokenizer, final, cfg, signal)
+        export_student(unwrapped.student, tokenizer, final, cfg, signal, show_progress=show_progress)
     accelerator.wait_for_everyone()
     return final
 

@@ -63,22 +63,24 @@ class StudentWithHead(nn.Module):
         # checkpoints (a function of the tokenizer), moved to the logits' device on first use
         self.byte_rows = byte_rows
 
-    def _trie_kl(self, logits, batch: StudentBatch, teacher_logprobs, teacher_mask, weights: LossWeights):
-        """Per-row D(mixture mapped onto the student's outcomes ‖ student trie row) and each row's example."""
+    def _trie_kl(self, token_logprobs, batch: StudentBatch, teacher_logprobs, teacher_mask, weights: LossWeights):
+        """Per-row D(mixture mapped onto the student's outcomes ‖ student trie row) and each row's example.
+
+        ``token_logprobs`` [B·L, V]: the token CE's own log-softmax at every flat position (reused, so the term
+        adds no second softmax nor a gather of the logits)."""
         if self.byte_rows is None:
             raise ValueError("trie_kl needs the student's byte trie: StudentWithHead(..., byte_rows=...)")
         depth = weights.trie_kl_depth or batch.head_valid.shape[1]
         rows = batch.head_text_row[:, :depth]
         has = _with_teacher(batch.head_valid[:, :depth], rows, teacher_mask)
         head_row, offset = has.nonzero(as_tuple=True)
-        used, row_pos = torch.unique(head_row, return_inverse=True)
-        ex, pos = batch.head_example[used], batch.head_position[used]
-        tokens = batch.target_ids[batch.head_example[head_row], batch.head_position[head_row]]
-        self.byte_rows = self.byte_rows.to(logits.device)
-        student_lp, support = self.byte_rows.logprobs(logits[ex, pos], row_pos, tokens, offset)
+        ex, pos = batch.head_example[head_row], batch.head_position[head_row]
+        row_pos = ex * batch.target_ids.shape[1] + pos
+        self.byte_rows = self.byte_rows.to(token_logprobs.device)
+        student_lp, support = self.byte_rows.logprobs(token_logprobs, row_pos, batch.target_ids[ex, pos], offset)
         target, usable = teacher_rows_on_support(teacher_logprobs[rows[has]], support)
         div = LOSSES.get(weights.kl_loss)(student_lp[usable], target[usable], temperature=weights.temperature)
-        return div, batch.head_example[head_row][usable]
+        return div, ex[usable]
 
     def forward(self, batch: StudentBatch, teacher_logprobs: torch.Tensor | None, teacher_mask: torch.Tensor | None,
                 weights: LossWeights) -> dict[str, torch.Tensor]:
@@ -88,7 +90,10 @@ class StudentWithHead(nn.Module):
         b, length, vocab = logits.shape
         flat_targets = batch.target_ids.reshape(-1)
         keep = flat_targets != -100
-        token_nll = nn.functional.cross_entropy(logits.reshape(-1, vocab)[keep], flat_targets[keep], reduction="none")
+        # log-softmax at every position (shared with trie_kl): selecting the kept rows first would copy [N, V]
+        # and scatter it back in the backward pass, which costs more than the few padded rows it saves
+        token_logprobs = torch.log_softmax(logits.reshape(-1, vocab), -1)  # [B·L, V]
+        token_nll = -token_logprobs.gather(1, flat_targets.clamp(min=0).unsqueeze(1)).squeeze(1)[keep]
         example_of_pos = torch.arange(b, device=logits.device).repeat_interleave(length)[keep]
         token_ce = _per_example_mean(token_nll, example_of_pos, b)
         parts = {"token_ce": token_ce}
@@ -111,7 +116,7 @@ class StudentWithHead(nn.Module):
                 parts["kl"] = kl
                 total = total + weights.kl * kl
         if teacher_logprobs is not None and weights.trie_kl > 0 and batch.head_example.numel():
-            div, ex = self._trie_kl(logits, batch, teacher_logprobs, teacher_mask, weights)
+            div, ex = self._trie_kl(token_logprobs, batch, teacher_logprobs, teacher_mask, weights)
             trie = _per_example_mean(div, ex, b)
             parts["trie_kl"] = trie
             total = total + weights.trie_kl * trie

@@ -58,14 +58,15 @@ class StudentByteRows:
         """Trie node of the first ``offsets`` bytes of each token (offsets < the token's length)."""
         return self.index.nodes_for(token_ids, offsets)
 
-    def logprobs(self, logits: torch.Tensor, row_pos: torch.Tensor, token_ids: torch.Tensor,
+    def logprobs(self, token_logprobs: torch.Tensor, row_pos: torch.Tensor, token_ids: torch.Tensor,
                  offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log Q [R, 257] float32 with column 256 = END, support [R, 257] bool) — differentiable in ``logits``.
+        """(log Q [R, 257] float32 with column 256 = END, support [R, 257] bool) — differentiable.
 
-        ``logits`` [P, V]: the student's token logits at the positions that predict the tokens; row r reads
-        position ``row_pos[r]`` at byte offset ``offsets[r]`` of token ``token_ids[r]``."""
+        ``token_logprobs`` [P, V]: the student's log-softmax over its vocabulary at the positions that predict
+        the tokens (any positive per-row scale works: rows are renormalised); row r reads position
+        ``row_pos[r]`` at byte offset ``offsets[r]`` of token ``token_ids[r]``."""
         node = self.nodes(token_ids, offsets)
-        probs = torch.softmax(logits.float(), -1)
+        probs = token_logprobs.float().exp()
         children = differentiable_child_masses(self.index, probs, row_pos, node)  # [R, 256] f64
         first = self.exact_ptr[node]
         owner, k = _segment_offsets(self.exact_ptr[node + 1] - first)
