@@ -125,9 +125,10 @@ def test_shipped_configs_validate_with_dry_run(tmp_path):
 
     from mergekd.cli import app
 
-    for name, cells in [("small", 6), ("large", 21)]:
+    for name, cells in [("small", 6), ("large", 24)]:
         result = CliRunner().invoke(app, ["ablate", str(REPO / "configs" / "ablations" / f"{name}.yaml"),
-                                          "--out", str(tmp_path / name), "--dry-run"], terminal_width=200)
+                                          "--out", str(tmp_path / name), "--dry-run"], terminal_width=200,
+                                     env={"COLUMNS": "200"})
         assert result.exit_code == 0, result.output
         assert f"{cells} cells (dry run" in result.output and "ce-only" in result.output
         assert not (tmp_path / name).exists()  # a dry run writes nothing
