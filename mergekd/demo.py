@@ -33,7 +33,7 @@ DEFAULT_STUDENT = "new:llama?tokenizer=mistral-v3&layers=2&hidden=128&heads=4&ct
 
 @dataclass
 class DemoConfig:
-    """The demo's knobs. The defaults are the measured configuration in the README (≈ 10 minutes on 2 cores)."""
+    """The demo's knobs. The defaults are the measured configuration in the README (≈ 8 minutes on 2 cores)."""
 
     out: Path = Path("runs/demo")
     teachers: list[str] = field(default_factory=lambda: ["smollm2-135m", "gemma3-270m"])

@@ -30,7 +30,7 @@ def demo_command(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also copy the report here"),
 ) -> None:
-    """Distil SmolLM2-135M + Gemma-3-270m into a fresh student, offline, and compare with CE-only (≈10 min on
+    """Distil SmolLM2-135M + Gemma-3-270m into a fresh student, offline, and compare with CE-only (≈8 min on
     2 CPU cores; rerun to resume).
 
     Example: mergekd demo --out runs/demo
