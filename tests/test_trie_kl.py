@@ -164,6 +164,8 @@ def test_config_accepts_trie_only_and_ce_only_drops_it(tmp_path):
     assert DistillConfig(**base, trie_kl_weight=1).trie_kl_weight == 0  # CE-only: nothing to match
     with pytest.raises(Exception, match="trie_kl_weight"):
         DistillConfig(**base, teachers=["smollm2-135m"], byte_ce_weight=0, kl_weight=0)
+    with pytest.raises(Exception, match="trie_kl_depth.*byte-offsets"):
+        DistillConfig(**base, teachers=["smollm2-135m"], trie_kl_weight=1, trie_kl_depth=12, byte_offsets=10)
     # runs without the term keep their fingerprint whatever the (unused) depth says
     assert DistillConfig(**base).fingerprint() == DistillConfig(**base, trie_kl_depth=3).fingerprint()
     assert only.fingerprint() != DistillConfig(**base, teachers=["smollm2-135m"], byte_ce_weight=0, kl_weight=0,

@@ -105,6 +105,10 @@ class DistillConfig(BaseModel):
         if self.teachers and self.byte_ce_weight == 0 and self.kl_weight == 0 and self.trie_kl_weight == 0:
             raise ValueError("teachers are given but byte_ce_weight, kl_weight and trie_kl_weight are all 0: the "
                              "teachers would be ignored; set kl_weight > 0 or drop the teachers")
+        if self.trie_kl_depth > self.byte_offsets:
+            raise ValueError(f"trie_kl_depth: {self.trie_kl_depth} byte offsets per token, but batches carry "
+                             f"byte_offsets={self.byte_offsets}; raise --byte-offsets or lower --trie-kl-depth "
+                             "(0 = all of them)")
         if self.on_policy > 0:
             self._check_on_policy()
         if not self.teachers and self.cache is None and (self.kl_weight > 0 or self.trie_kl_weight > 0):
