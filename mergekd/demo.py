@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .cache.shard import write_if_changed
 from .errors import ConfigError
 
 DEFAULT_STUDENT = "new:llama?tokenizer=mistral-v3&layers=2&hidden=128&heads=4&ctx=512"
@@ -67,15 +68,6 @@ class DemoConfig:
             raise ConfigError("teachers is empty: the demo distils at least one teacher")
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    """Atomic write that leaves an identical file untouched (its mtime and the caches keyed on it stay valid)."""
-    from .cache.shard import write_atomic
-
-    data = text.encode("utf-8")
-    if not (path.is_file() and path.read_bytes() == data):
-        write_atomic(path, data)
-
-
 def prepare_data(cfg: DemoConfig) -> tuple[Path, Path]:
     """``OUT/data/train.txt`` and ``OUT/data/heldout.txt``: disjoint byte ranges of the book's body."""
     from .assets import read_body, text_slice
@@ -85,8 +77,8 @@ def prepare_data(cfg: DemoConfig) -> tuple[Path, Path]:
         raise ConfigError(f"train_bytes + heldout_bytes = {cfg.train_bytes + cfg.heldout_bytes:,} exceeds the "
                           f"{size:,} bytes of {cfg.text!r}; lower them")
     train, heldout = cfg.out / "data" / "train.txt", cfg.out / "data" / "heldout.txt"
-    _write_if_changed(train, text_slice(cfg.text, 0, cfg.train_bytes))
-    _write_if_changed(heldout, text_slice(cfg.text, -cfg.heldout_bytes))
+    write_if_changed(train, text_slice(cfg.text, 0, cfg.train_bytes))
+    write_if_changed(heldout, text_slice(cfg.text, -cfg.heldout_bytes))
     return train, heldout
 
 
@@ -125,7 +117,7 @@ def _train(cfg_overrides: dict, log: Callable[[str], None], show_progress: bool)
     final = distill(run_cfg, show_progress=show_progress)
     result = {"fingerprint": run_cfg.fingerprint() + f":{run_cfg.steps}", "final": str(final), "run": str(run_dir),
               "eval": json.loads((final / "eval.json").read_text()), "seconds": time.perf_counter() - start}
-    _write_if_changed(run_dir / "demo-done.json", json.dumps(result, indent=1))
+    write_if_changed(run_dir / "demo-done.json", json.dumps(result, indent=1))
     return result
 
 
@@ -210,8 +202,8 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print, show_progre
               "distilled_beats_ce_only": dist_row["byte_bpb"] < ce_row["byte_bpb"],
               "gain_bits_per_byte": ce_row["byte_bpb"] - dist_row["byte_bpb"],
               "seconds": {k: round(v, 1) for k, v in timings.items()}}
-    _write_if_changed(cfg.out / "demo.json", json.dumps(report, indent=1))
-    _write_if_changed(cfg.out / "demo.md", markdown_table(report))
+    write_if_changed(cfg.out / "demo.json", json.dumps(report, indent=1))
+    write_if_changed(cfg.out / "demo.md", markdown_table(report))
     return report
 
 
@@ -225,7 +217,7 @@ def _cached_json(path: Path, key: dict, compute: Callable[[], dict]) -> dict:
         except (OSError, ValueError):
             pass
     result = compute()
-    _write_if_changed(path, json.dumps({"key": key, "result": result}, indent=1))
+    write_if_changed(path, json.dumps({"key": key, "result": result}, indent=1))
     return result
 
 

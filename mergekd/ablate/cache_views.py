@@ -58,13 +58,19 @@ def ensure_union_cache(path: Path, specs: list[str], data: Path, *, seq_bytes: i
                          show_progress=show_progress, console=console)
 
 
+def _records_by_spec(manifest: Manifest) -> dict:
+    """Teacher spec → its manifest record (the first, should a spec appear twice)."""
+    by_spec: dict = {}
+    for record in manifest.teachers:
+        by_spec.setdefault(record.spec, record)
+    return by_spec
+
+
 def subset_view(union: Path, view: Path, subset: list[str]) -> Path:
     """Make ``view`` a cache of exactly ``subset`` (in this order) backed by the shards of ``union``."""
     union, view = Path(union), Path(view)
     manifest = read_manifest(union)
-    by_spec = {}
-    for record in manifest.teachers:
-        by_spec.setdefault(record.spec, record)
+    by_spec = _records_by_spec(manifest)
     missing = [s for s in subset if s not in by_spec]
     if missing:
         raise ConfigError(f"cache {union} has no teacher {missing}; it holds {list(by_spec)}")
@@ -89,9 +95,7 @@ def subset_view(union: Path, view: Path, subset: list[str]) -> Path:
 
 def cache_identity(union_manifest: Manifest, subset: list[str]) -> dict:
     """What a cell's targets depend on, path-free: capture options, data chunks, and each teacher's weights."""
-    by_spec = {}
-    for record in union_manifest.teachers:
-        by_spec.setdefault(record.spec, record)
+    by_spec = _records_by_spec(union_manifest)
     return {
         "top_k": union_manifest.top_k, "tail": union_manifest.tail,
         "max_length": union_manifest.teacher_options.get("max_length"),

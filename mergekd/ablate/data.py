@@ -93,12 +93,9 @@ def slice_bytes(spec: str) -> bytes:
 def materialize(spec: str, out: Path) -> Path:
     """Write the slice to its target file (atomically, only when missing or different) and return the path."""
     path = target_path(spec, out)
-    data = slice_bytes(spec)
-    if path.is_file() and path.read_bytes() == data:
-        return path
-    from ..cache.shard import write_atomic
+    from ..cache.shard import write_if_changed
 
-    write_atomic(path, data)
+    write_if_changed(path, slice_bytes(spec))
     return path
 
 

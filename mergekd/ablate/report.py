@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from .config import TEACHER_ONLY, axes_of
-from .run import Plan, write_bytes_atomic, write_text_atomic
+from ..cache.shard import write_atomic
+from .run import Plan
 
 
 def _baseline_key(values: dict) -> str:
@@ -138,15 +139,15 @@ def to_png(rows: list[dict], teachers: list[dict], title: str) -> bytes:
 def write_reports(plan: Plan, rows: list[dict], teachers: list[dict], *, png: bool = True) -> dict[str, Path]:
     columns, table = table_rows(plan, rows)
     files = {"csv": plan.out / "results.csv", "md": plan.out / "results.md", "json": plan.out / "results.json"}
-    write_text_atomic(files["csv"], to_csv(columns, table))
-    write_text_atomic(files["md"], to_markdown(columns, table, teachers))
+    write_atomic(files["csv"], to_csv(columns, table))
+    write_atomic(files["md"], to_markdown(columns, table, teachers))
     payload = {"cells": rows, "table": [{k: v for k, v in r.items() if not k.startswith("_")} for r in table],
                "teachers": teachers,
                "total_cells": len(plan.cells)}
-    write_text_atomic(files["json"], json.dumps(payload, indent=1, default=str))
+    write_atomic(files["json"], json.dumps(payload, indent=1, default=str))
     if png:
         files["png"] = plan.out / "results.png"
-        write_bytes_atomic(files["png"], to_png(table, teachers, f"mergekd ablate: {plan.out.name} "
+        write_atomic(files["png"], to_png(table, teachers, f"mergekd ablate: {plan.out.name} "
                                                                 f"({len(rows)} cells)"))
     return files
 

@@ -22,26 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cache.identity import sha256_file
 from ..cache.shard import write_atomic
 from ..errors import ConfigError
 from .config import PATH_FIELDS, AblationConfig, Cell, expand_cells, load_ablation, teacher_labels
 from .data import check_disjoint, is_asset, materialize, target_path
 
 FINGERPRINT_EXCLUDE = {"out", "cache", "device", "save_every", "keep_checkpoints", "log_every", *PATH_FIELDS}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    write_atomic(Path(path), data)  # temporary sibling + fsync + os.replace: never a partial file
-
-
-def _sha256_file(path: Path) -> str:
-    from ..cache.identity import sha256_file
-
-    return sha256_file(path)
 
 
 def _resolve_device(device: str) -> str:
@@ -133,7 +120,7 @@ def _teacher_reference(spec: str, label: str, eval_file: Path, out: Path, device
                        say) -> dict:
     """The teacher's own held-out BPB (token NLL, the same measure as the students'), saved once per
     (teacher, eval text) under OUT/teachers/."""
-    sha = _sha256_file(eval_file)
+    sha = sha256_file(eval_file)
     fingerprint = hashlib.sha256(json.dumps([spec, sha]).encode()).hexdigest()[:16]
     path = out / "teachers" / f"{label}.{eval_file.stem}.json"
     if path.is_file():
@@ -149,7 +136,7 @@ def _teacher_reference(spec: str, label: str, eval_file: Path, out: Path, device
         result = evaluate_file(teacher.model, teacher.tokenizer, eval_file)
     record = {"teacher": label, "spec": spec, "eval_data": str(eval_file), "fingerprint": fingerprint, **result,
               "seconds": round(time.perf_counter() - t0, 1)}
-    write_text_atomic(path, json.dumps(record, indent=1))
+    write_atomic(path, json.dumps(record, indent=1))
     say(f"teacher reference: {label} {result['bpb']:.4f} bits/byte on {eval_file.name}")
     return record
 
@@ -161,7 +148,7 @@ def _fingerprint(cell: Cell, cache_ident: dict | None) -> str:
     fields = c.model_dump(mode="json", exclude=FINGERPRINT_EXCLUDE)
     for key in PATH_FIELDS:
         value = getattr(c, key)
-        fields[f"{key}_sha256"] = _sha256_file(Path(value)) if value is not None and not (
+        fields[f"{key}_sha256"] = sha256_file(Path(value)) if value is not None and not (
             key == "fit_data" and cache_ident is not None) else None
     fields["cache"] = cache_ident
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
@@ -208,7 +195,7 @@ def run_cell(cell: Cell, fingerprint: str, *, show_progress: bool, say) -> dict:
                 say(f"  checkpoints of {cell.id} belong to other settings: restarting it")
                 shutil.rmtree(folder / "checkpoints")
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(marker, json.dumps({"id": cell.id, "fingerprint": fingerprint,
+    write_atomic(marker, json.dumps({"id": cell.id, "fingerprint": fingerprint,
                                           "config": cell.config.model_dump(mode="json")}, indent=1))
     resumed = latest_checkpoint(folder) is not None
     t0 = time.perf_counter()
@@ -231,7 +218,7 @@ def run_cell(cell: Cell, fingerprint: str, *, show_progress: bool, say) -> dict:
               "teachers": cell.teachers, "labels": cell.labels, "bpb": scored["bpb"], "bytes": scored["bytes"],
               "tokens": scored.get("tokens"), "final_loss": last.get("loss"), "steps": cell.config.steps,
               "seconds": round(seconds, 1), "export": str(final)}
-    write_text_atomic(result_path, json.dumps(record, indent=1, default=str))
+    write_atomic(result_path, json.dumps(record, indent=1, default=str))
     return {**record, "status": "resumed" if resumed else "ran"}
 
 

@@ -61,7 +61,7 @@ class SampleJudge:
     def score(self, cell_folder: Path, export: Path) -> dict:
         """``{"sample_bpb": mixture BPB, "sample_bytes": n, ...}`` for one export (cached per settings)."""
         from ..distill.onpolicy import sample_bpb
-        from .run import write_text_atomic
+        from ..cache.shard import write_atomic
 
         key = _key(self.settings, self.prompts, self.specs, export)
         saved_path = cell_folder / "sample_eval.json"
@@ -75,7 +75,7 @@ class SampleJudge:
         result = {"sample_bpb": (got.get("mixture") or {}).get("bpb"), "sample_bytes": got.get("sample_bytes"),
                   "sample_teachers": {k: v.get("bpb") for k, v in got.get("teachers", {}).items()},
                   "samples": got.get("samples", [])[:4]}
-        write_text_atomic(saved_path, json.dumps({"key": key, "result": result}, indent=1, default=str))
+        write_atomic(saved_path, json.dumps({"key": key, "result": result}, indent=1, default=str))
         return result
 
     def close(self) -> None:

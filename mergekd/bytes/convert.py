@@ -30,7 +30,7 @@ FLOAT32_SAFE_MASS = 1e-25
 NUM_OUTCOMES = 257
 
 
-def _segment_offsets(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def segment_offsets(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For counts [R] → (owner [Σcounts], position-within-owner [Σcounts]), without a Python loop."""
     total = int(counts.sum())
     owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts, output_size=total)
@@ -64,7 +64,7 @@ def _block_tree(index: ByteTrieIndex, probs: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class _EdgePlan:
+class EdgePlan:
     """Which tree nodes and direct vocabulary elements sum to each (row, child edge) — all sorted by position."""
 
     edge_row: torch.Tensor  # [E] row of each expanded edge
@@ -77,25 +77,25 @@ class _EdgePlan:
     elem_pos: torch.Tensor  # [N] logits row it reads
 
 
-def _plan_edges(index: ByteTrieIndex, row_pos: torch.Tensor, row_node: torch.Tensor) -> _EdgePlan:
+def plan_edges(index: ByteTrieIndex, row_pos: torch.Tensor, row_node: torch.Tensor) -> EdgePlan:
     """Expand rows → child edges → (tree cover nodes, direct elements), vectorised (no loop over rows)."""
     first = index.edge_ptr[row_node]
-    edge_row, within = _segment_offsets(index.edge_ptr[row_node + 1] - first)
+    edge_row, within = segment_offsets(index.edge_ptr[row_node + 1] - first)
     edge = first[edge_row] + within
     edge_pos = row_pos[edge_row]
     t0 = index.edge_tree_ptr[edge]
-    cover_edge, cover_k = _segment_offsets(index.edge_tree_ptr[edge + 1] - t0)
+    cover_edge, cover_k = segment_offsets(index.edge_tree_ptr[edge + 1] - t0)
     cover_node = index.edge_tree_nodes[t0[cover_edge] + cover_k]
     part = index.edge_part[edge]  # [E, 4] = (a1, b1, a2, b2) rank ranges
     n1 = part[:, 1] - part[:, 0]
-    elem_edge, elem_k = _segment_offsets(n1 + part[:, 3] - part[:, 2])
+    elem_edge, elem_k = segment_offsets(n1 + part[:, 3] - part[:, 2])
     first_range = elem_k < n1[elem_edge]
     rank = torch.where(first_range, part[elem_edge, 0] + elem_k, part[elem_edge, 2] + elem_k - n1[elem_edge])
-    return _EdgePlan(edge_row, edge, cover_edge, cover_node, edge_pos[cover_edge], elem_edge,
+    return EdgePlan(edge_row, edge, cover_edge, cover_node, edge_pos[cover_edge], elem_edge,
                      index.sorted_ids[rank], edge_pos[elem_edge])
 
 
-def _scatter_masses(index: ByteTrieIndex, plan: _EdgePlan, cover_val: torch.Tensor, elem_val: torch.Tensor,
+def _scatter_masses(index: ByteTrieIndex, plan: EdgePlan, cover_val: torch.Tensor, elem_val: torch.Tensor,
                     num_rows: int) -> torch.Tensor:
     """Sum the cover and direct terms per edge and lay the edges out as [rows, 256] masses (out of place)."""
     mass = torch.zeros(plan.edge.numel(), dtype=torch.float64, device=cover_val.device)
@@ -116,7 +116,7 @@ def child_masses(index: ByteTrieIndex, logits: torch.Tensor, row_pos: torch.Tens
     """
     device = logits.device
     num_pos, width = logits.shape
-    plan = _plan_edges(index, row_pos, row_node)
+    plan = plan_edges(index, row_pos, row_node)
     cover_val = torch.empty(plan.cover_node.numel(), dtype=torch.float64, device=device)
     elem_val = torch.empty(plan.elem_id.numel(), dtype=torch.float64, device=device)
     chunk = max(1, max_elements // max(1, width))
@@ -141,15 +141,15 @@ def child_masses(index: ByteTrieIndex, logits: torch.Tensor, row_pos: torch.Tens
     return _scatter_masses(index, plan, cover_val, elem_val, row_node.numel())
 
 
-def differentiable_child_masses(index: ByteTrieIndex, probs: torch.Tensor, row_pos: torch.Tensor,
-                                row_node: torch.Tensor) -> torch.Tensor:
+def differentiable_child_masses(index: ByteTrieIndex, probs: torch.Tensor, plan: EdgePlan,
+                                num_rows: int) -> torch.Tensor:
     """:func:`child_masses` for probabilities that need gradients (the student's own token softmax).
 
-    Same block tree and edge plan, built out of place in one piece (student batches are small enough), so
-    autograd sees every step. Block sums are taken in the input dtype (≤ ``block_size`` terms each), the tree
-    and the edge sums in float64: every mass is a sum of positive terms, never a difference.
+    Same block tree and edge plan (``plan = plan_edges(index, row_pos, row_node)``, which the caller also uses
+    for the rows' support), built out of place in one piece (student batches are small enough), so autograd
+    sees every step. Block sums are taken in the input dtype (≤ ``block_size`` terms each), the tree and the
+    edge sums in float64: every mass is a sum of positive terms, never a difference.
     """
-    plan = _plan_edges(index, row_pos, row_node)
     blocks = torch.zeros(probs.shape[0], index.num_blocks + 1, dtype=probs.dtype, device=probs.device)
     blocks = blocks.index_add(1, index.block_of_token[: probs.shape[1]], probs)[:, : index.num_blocks]
     level = torch.nn.functional.pad(blocks.double(), (0, index.tree_size - index.num_blocks))
@@ -161,7 +161,7 @@ def differentiable_child_masses(index: ByteTrieIndex, probs: torch.Tensor, row_p
     tree = torch.cat([torch.zeros_like(level)] + levels[::-1], 1)
     cover_val = tree[plan.cover_pos, plan.cover_node]
     elem_val = probs[plan.elem_pos, plan.elem_id].double()
-    return _scatter_masses(index, plan, cover_val, elem_val, row_node.numel())
+    return _scatter_masses(index, plan, cover_val, elem_val, num_rows)
 
 
 def _normalise(masses: torch.Tensor) -> torch.Tensor:

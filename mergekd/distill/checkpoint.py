@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..cache.shard import write_atomic
 from ..errors import ConfigError, MergekdError
 
 
@@ -43,12 +44,6 @@ def check_resumable(folder: Path, fingerprint: str) -> dict:
                           f"{meta.get('fingerprint')} ≠ {fingerprint}); use a new --out or the same settings "
                           "(only steps, save_every, log_every, device and eval_data may change on resume)")
     return meta
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class _TiedWeightsNotice(logging.Filter):

@@ -104,7 +104,7 @@ class DistillConfig(BaseModel):
     def _check(self):
         if self.teachers and self.byte_ce_weight == 0 and self.kl_weight == 0 and self.trie_kl_weight == 0:
             raise ValueError("teachers are given but byte_ce_weight, kl_weight and trie_kl_weight are all 0: the "
-                             "teachers would be ignored; set kl_weight > 0 or drop the teachers")
+                             "teachers would be ignored; set kl_weight or trie_kl_weight > 0, or drop the teachers")
         if self.trie_kl_depth > self.byte_offsets:
             raise ValueError(f"trie_kl_depth: {self.trie_kl_depth} byte offsets per token, but batches carry "
                              f"byte_offsets={self.byte_offsets}; raise --byte-offsets or lower --trie-kl-depth "
@@ -132,7 +132,7 @@ class DistillConfig(BaseModel):
                              "on_policy 0")
         if self.kl_weight == 0 and self.trie_kl_weight == 0:
             raise ValueError("kl_weight: on-policy batches learn only from the teachers' divergence on the "
-                             "student's samples, so kl_weight must be > 0 (or set on_policy 0)")
+                             "student's samples, so kl_weight or trie_kl_weight must be > 0 (or set on_policy 0)")
         if self.prompt_bytes >= self.seq_bytes:
             raise ValueError(f"prompt_bytes: {self.prompt_bytes} must be smaller than seq_bytes ({self.seq_bytes}) "
                              "so the continuation has room; lower --prompt-bytes")

@@ -16,6 +16,7 @@ The samples go to ``OUT/samples.jsonl`` (one line per sample, truncated on resum
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -33,7 +34,8 @@ from ..student.byte_rows import StudentByteRows
 from .batch import build_student_batch
 from .onpolicy import fit_context, is_on_policy_step, sample_continuations, stream_seed
 from .prompts import read_data
-from .checkpoint import check_resumable, latest_checkpoint, save_checkpoint, write_atomic
+from ..cache.shard import write_atomic
+from .checkpoint import check_resumable, latest_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .objective import LossWeights, StudentWithHead
 
@@ -197,8 +199,8 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
             mine = indices[accelerator.process_index::world]
             positions = list(range(accelerator.process_index, len(indices), world))  # in the global batch
             on_policy = is_on_policy_step(step, cfg.on_policy, cfg.seed)
-            step_weights = LossWeights(0.0, 0.0, cfg.kl_weight, cfg.kl_loss, cfg.temperature,
-                                       cfg.trie_kl_weight, cfg.trie_kl_depth) if on_policy else weights
+            # on sampled batches only the divergences to the teachers train (no text to take CE on)
+            step_weights = dataclasses.replace(weights, token_ce=0.0, byte_ce=0.0) if on_policy else weights
             logs: dict[str, float] = {}
             nbytes = 0
             samples: list[dict] = []

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..bytes import ByteTrieIndex, ByteVocab, trie_index_for
-from ..bytes.convert import _segment_offsets, differentiable_child_masses
+from ..bytes.convert import plan_edges, segment_offsets, differentiable_child_masses
 
 UNSUPPORTED_LOGPROB = -1e4  # finite stand-in for log 0 on outcomes the student cannot produce (0·(−inf) = NaN)
 
@@ -54,10 +54,6 @@ class StudentByteRows:
             return self
         return StudentByteRows(self.index.to(device), self.exact_ptr.to(device), self.exact_ids.to(device))
 
-    def nodes(self, token_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Trie node of the first ``offsets`` bytes of each token (offsets < the token's length)."""
-        return self.index.nodes_for(token_ids, offsets)
-
     def logprobs(self, token_logprobs: torch.Tensor, row_pos: torch.Tensor, token_ids: torch.Tensor,
                  offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log Q [R, 257] float32 with column 256 = END, support [R, 257] bool) — differentiable.
@@ -65,18 +61,17 @@ class StudentByteRows:
         ``token_logprobs`` [P, V]: the student's log-softmax over its vocabulary at the positions that predict
         the tokens (any positive per-row scale works: rows are renormalised); row r reads position
         ``row_pos[r]`` at byte offset ``offsets[r]`` of token ``token_ids[r]``."""
-        node = self.nodes(token_ids, offsets)
+        node = self.index.nodes_for(token_ids, offsets)  # the trie node of each row's prefix
         probs = token_logprobs.float().exp()
-        children = differentiable_child_masses(self.index, probs, row_pos, node)  # [R, 256] f64
+        plan = plan_edges(self.index, row_pos, node)
+        children = differentiable_child_masses(self.index, probs, plan, node.numel())  # [R, 256] f64
         first = self.exact_ptr[node]
-        owner, k = _segment_offsets(self.exact_ptr[node + 1] - first)
+        owner, k = segment_offsets(self.exact_ptr[node + 1] - first)
         end = torch.zeros(node.numel(), dtype=torch.float64, device=node.device)
         end = end.index_add(0, owner, probs[row_pos[owner], self.exact_ids[first[owner] + k]].double())
         masses = torch.cat([children, end.unsqueeze(1)], 1)
         support = torch.zeros(node.numel(), 257, dtype=torch.bool, device=node.device)
-        edge_first = self.index.edge_ptr[node]
-        edge_row, within = _segment_offsets(self.index.edge_ptr[node + 1] - edge_first)
-        support[edge_row, self.index.edge_byte[edge_first[edge_row] + within]] = True
+        support[plan.edge_row, self.index.edge_byte[plan.edge]] = True  # the bytes some token continues with
         support[:, 256] = self.exact_ptr[node + 1] > first
         logq = torch.log(masses.clamp_min(1e-300)) - torch.log(masses.sum(1, keepdim=True).clamp_min(1e-300))
         logq = torch.where(support, logq, torch.full_like(logq, UNSUPPORTED_LOGPROB))
