@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .cache.shard import write_if_changed
+from .io import write_if_changed
 from .errors import ConfigError
 
 DEFAULT_STUDENT = "new:llama?tokenizer=mistral-v3&layers=2&hidden=128&heads=4&ctx=512"

@@ -19,10 +19,8 @@ Learned mixers (``learned``, ``gated``) are fit on ``fit_data`` only — never o
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -308,19 +306,3 @@ def _score_mixture(mixer, mix: str, names: list[str], texts: list[str], logprobs
     described = mixer.describe() if hasattr(mixer, "describe") else {}
     return MixtureScore(name=mix, bpb=bpb, bytes_scored=count, weights=_weights_by_name(described, names),
                         fit_bytes=fit_bytes)
-
-
-def write_json_atomic(path: Path | str, payload: dict) -> Path:
-    """Write JSON through a temporary file in the same folder and rename it: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

@@ -93,7 +93,7 @@ def slice_bytes(spec: str) -> bytes:
 def materialize(spec: str, out: Path) -> Path:
     """Write the slice to its target file (atomically, only when missing or different) and return the path."""
     path = target_path(spec, out)
-    from ..cache.shard import write_if_changed
+    from ..io import write_if_changed
 
     write_if_changed(path, slice_bytes(spec))
     return path

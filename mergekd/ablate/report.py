@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from .config import TEACHER_ONLY, axes_of
-from ..cache.shard import write_atomic
+from ..io import write_atomic
 from .run import Plan
 
 

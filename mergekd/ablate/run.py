@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache.identity import sha256_file
-from ..cache.shard import write_atomic
+from ..io import write_atomic
 from ..errors import ConfigError
 from .config import PATH_FIELDS, AblationConfig, Cell, expand_cells, load_ablation, teacher_labels
 from .data import check_disjoint, is_asset, materialize, target_path

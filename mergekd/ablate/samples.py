@@ -61,7 +61,7 @@ class SampleJudge:
     def score(self, cell_folder: Path, export: Path) -> dict:
         """``{"sample_bpb": mixture BPB, "sample_bytes": n, ...}`` for one export (cached per settings)."""
         from ..distill.onpolicy import sample_bpb
-        from ..cache.shard import write_atomic
+        from ..io import write_atomic
 
         key = _key(self.settings, self.prompts, self.specs, export)
         saved_path = cell_folder / "sample_eval.json"

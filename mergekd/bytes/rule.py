@@ -27,6 +27,12 @@ from typing import Literal
 
 from ..errors import ConfigError
 
+# The identity of the targets this byte core computes. Bump RULE_VERSION in any commit that changes a target
+# row (the rule, the windowing, the handling of specials or normalisers, the float path): caches, scores and
+# runs record it, and a cache made under another version is refused instead of being mixed with new targets.
+RULE_NAME = "canonical-path"
+RULE_VERSION = 1
+
 DEFAULT_BEAM = 8
 DEFAULT_MAX_STATES = 1024
 _KINDS = ("canonical", "exact")

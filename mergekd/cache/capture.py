@@ -31,7 +31,8 @@ from .manifest import (
     teacher_dir,
     write_manifest,
 )
-from .shard import encode_shard, file_matches, write_atomic
+from ..io import write_atomic
+from .shard import encode_shard, file_matches
 
 ShardCallback = Callable[[int, int, int], None]  # (teacher index, first chunk, stop chunk)
 

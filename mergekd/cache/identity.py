@@ -15,17 +15,8 @@ import torch
 
 from ..data import load_chunks
 
-# The token → byte conversion rule the targets were computed with. A new rule (or a fix that changes targets)
-# must bump the version so that old caches are refused instead of silently mixed with new targets. The byte
-# core may define its own constants; they win when present.
-try:
-    from ..bytes.convert import RULE as CONVERSION_RULE  # type: ignore[attr-defined]
-except ImportError:
-    CONVERSION_RULE = "canonical-path"
-try:
-    from ..bytes.convert import RULE_VERSION as CONVERSION_RULE_VERSION  # type: ignore[attr-defined]
-except ImportError:
-    CONVERSION_RULE_VERSION = 1
+from ..bytes.rule import RULE_NAME as CONVERSION_RULE
+from ..bytes.rule import RULE_VERSION as CONVERSION_RULE_VERSION
 
 _READ_BLOCK = 1 << 20
 

@@ -16,15 +16,14 @@ Layout of a cache folder::
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..io import write_json
 from .identity import DataIdentity, conversion_rule
 
 MANIFEST = "manifest.json"
@@ -160,16 +159,7 @@ def write_manifest(cache: Path | str, manifest: Manifest) -> None:
     """Write atomically: a reader or a resumed capture sees the old manifest or the new one, never half."""
     cache = Path(cache)
     manifest.updated = time.time()
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=cache)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(manifest.to_json(), fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, cache / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(cache / MANIFEST, manifest.to_json(), allow_nan=True)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -18,8 +18,6 @@ used.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,32 +54,6 @@ def encode_shard(rows: EncodedRows, chunk_bytes: list[int], metadata: dict[str, 
     # one metadata key holding sorted JSON: safetensors does not keep key order, and identical shards must be
     # byte-identical (same sha256) whether captured in one go or resumed
     return st_save(tensors, metadata={"mergekd": json.dumps(metadata, sort_keys=True)})
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``data`` (text is UTF-8) to ``path`` through a temporary sibling and ``os.replace`` (never a partial
-    file). The one atomic writer of the project: caches, checkpoints, reports, exports' side files."""
-    path = Path(path)
-    data = data.encode("utf-8") if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_if_changed(path: Path, data: bytes | str) -> None:
-    """:func:`write_atomic` unless ``path`` already holds exactly ``data``: an unchanged file keeps its mtime, so
-    caches keyed on it stay valid (data slices, demo markers)."""
-    data = data.encode("utf-8") if isinstance(data, str) else data
-    if not (Path(path).is_file() and Path(path).read_bytes() == data):
-        write_atomic(path, data)
 
 
 def file_matches(path: Path, sha256: str) -> bool:

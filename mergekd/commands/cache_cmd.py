@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=1)
-    os.replace(tmp, path)
+from ..io import write_json
 
 
 def cache_command(
@@ -75,4 +66,4 @@ def cache_command(
         console.print(f"cache {out}: {payload['chunks']} chunks, {payload['text_bytes']} text bytes, "
                       f"{payload['bytes_per_text_byte']:.2f} bytes stored per text byte (top-{top_k}, tail {tail:g})")
     if json_out is not None:
-        _write_json(json_out, payload)
+        write_json(json_out, payload)

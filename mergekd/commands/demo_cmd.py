@@ -70,6 +70,6 @@ def demo_command(
     console.print(f"distilled student {verdict} CE-only by {report['gain_bits_per_byte']:+.4f} bits/byte; "
                   f"{report['seconds']['total']:.0f} s in all; report: {out / 'demo.json'}, {out / 'demo.md'}")
     if json_out is not None:
-        from ..score import write_json_atomic
+        from ..io import write_json
 
-        write_json_atomic(json_out, report)
+        write_json(json_out, report, indent=2)

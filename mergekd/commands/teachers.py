@@ -123,7 +123,8 @@ def score_command(
 
     Example: mergekd score --teachers smollm2-135m,gemma3-270m --data botchan.txt --json score.json
     """
-    from ..score import score, write_json_atomic
+    from ..io import write_json
+    from ..score import score
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -148,4 +149,4 @@ def score_command(
                             for k, v in report.mixture.weights.items())
         console.print(f"mixture weights: {weights}")
     if json_out is not None:
-        console.print(f"wrote {write_json_atomic(json_out, report.to_json())}")
+        console.print(f"wrote {write_json(json_out, report.to_json(), indent=2)}")

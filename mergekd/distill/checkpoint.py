@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..cache.shard import write_atomic
+from ..io import write_atomic
 from ..errors import ConfigError, MergekdError
 
 

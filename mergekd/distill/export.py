@@ -6,9 +6,6 @@ Written into a temporary sibling folder and renamed into place, so ``OUT/final``
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,23 +75,13 @@ def export_student(student, tokenizer, final: Path, cfg, signal=None, show_progr
         from ..evaluate import evaluate_file
 
         bpb = evaluate_file(student, tokenizer, cfg.eval_data)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".final.tmp-", dir=final.parent))
-    try:
+    from ..io import atomic_folder
+
+    with atomic_folder(final) as tmp:
         with _hf_progress_bars(show_progress):  # quiet runs print no "Writing model shards" bar
             student.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(_model_card(cfg, signal, bpb))
         if bpb:
             (tmp / "eval.json").write_text(json.dumps(bpb))
-        if final.exists():
-            old = final.with_name(final.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final

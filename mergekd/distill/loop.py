@@ -34,7 +34,7 @@ from ..student.byte_rows import StudentByteRows
 from .batch import build_student_batch
 from .onpolicy import fit_context, is_on_policy_step, sample_continuations, stream_seed
 from .prompts import read_data
-from ..cache.shard import write_atomic
+from ..io import write_atomic
 from .checkpoint import check_resumable, latest_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .objective import LossWeights, StudentWithHead

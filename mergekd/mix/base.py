@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, ClassVar
@@ -149,15 +148,9 @@ class Mixer:
         """Write :meth:`state_dict` atomically (temp file in the same folder + os.replace): a crash mid-write
         leaves the previous file intact, which is what a resumable distillation run relies on."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(self.state_dict(), handle)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from ..io import write_with
+
+        write_with(path, lambda handle: torch.save(self.state_dict(), handle))
         return path
 
     @classmethod
