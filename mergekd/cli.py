@@ -90,8 +90,21 @@ def main() -> None:
     try:
         app()
     except MergekdError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(2)
+        fail(exc)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished steps, shards and checkpoints are kept; rerun the same command "
+                          "to resume", style="yellow", markup=False, soft_wrap=True)
+        sys.exit(130)
+
+
+def fail(exc: BaseException) -> None:
+    """The one top-level handler: any mergekd error is one line on stderr (no traceback) and exit status 2.
+
+    The message is printed verbatim (no rich markup, so ``[INST]`` in a message stays text) and never wrapped;
+    a multi-line detail is joined into the same line with " | "."""
+    text = " | ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+    err_console.print(f"error: {text}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

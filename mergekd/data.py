@@ -15,8 +15,13 @@ from .errors import ConfigError, EmptyTextError
 def jsonl_records(path: Path):
     """``(line number, object)`` for each non-blank line of a JSONL file; a line that is not a JSON object is a
     ConfigError naming the file and line (so a bad line in a 10 GB file is found without guessing)."""
-    with Path(path).open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+    with Path(path).open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{path}:{n}: not UTF-8 (byte {exc.start} of the line is "
+                                  f"0x{raw[exc.start]:02x}); convert the file, e.g. iconv -t utf-8") from None
             if not line.strip():
                 continue
             try:

@@ -34,9 +34,27 @@ class LossyTokenizerError(TokenizerError):
     """The tokenizer changes the text (normaliser, unknown tokens): its tokens do not spell the input bytes."""
 
 
+class UnnormalisedTextError(LossyTokenizerError):
+    """A text is not in the form the tokenizer's normaliser produces (not NFC for Qwen's tokenizers), so the
+    tokens spell a different text; the message names the fixes (normalise the data, or lossy_text=mask)."""
+
+
 class VocabMismatchError(MergekdError, ValueError):
     """A model's output layer and a tokenizer disagree about the vocabulary."""
 
 
 class NonFiniteError(MergekdError, FloatingPointError):
     """NaN or infinite values where finite numbers are required (teacher logits, losses)."""
+
+
+def one_line(exc, prefix: str) -> ConfigError:
+    """A pydantic ``ValidationError`` as one ConfigError line: ``prefix — field: problem; field: problem``.
+
+    The one formatter of validation errors, so every command words them alike: the field path, then pydantic's
+    message without its "Value error, " preamble (our validators already name the fix)."""
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)  # model-level checks name their field
+    return ConfigError(f"{prefix} — " + "; ".join(problems))

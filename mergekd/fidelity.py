@@ -23,7 +23,6 @@ All numbers are JSON-safe (no ∞/NaN: an empty split has ``n = 0`` and ``None``
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -35,7 +34,7 @@ import typer
 
 from .bytes import byte_vocab_for, teacher_byte_logprobs_batch
 from .bytes.exact import exact_search
-from .errors import EmptyTextError, MergekdError
+from .errors import EmptyTextError
 
 LN2 = math.log(2.0)
 
@@ -259,7 +258,7 @@ def _print_report(report: dict) -> None:
 
 def fidelity_command(
     teacher: str = typer.Option(..., "--teacher", help="teacher name (see `mergekd teachers`)"),
-    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="UTF-8 text file"),
+    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="UTF-8 text: .txt (one document) or .jsonl with a 'text' field"),
     positions: int = typer.Option(256, "--positions", min=1, help="byte positions to sample"),
     beam: int = typer.Option(8, "--beam", min=1, help="covering hypotheses kept per byte (exact search)"),
     json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, help="also write the report here"),
@@ -271,14 +270,12 @@ def fidelity_command(
 
     Example: mergekd fidelity --teacher smollm2-135m --data botchan.txt --positions 256 --json fidelity.json
     """
-    try:
-        from .teachers import load_teacher
-    except ImportError as exc:
-        raise MergekdError(
-            f"teacher loading is not available in this build (mergekd.teachers.load_teacher: {exc}); "
-            "call mergekd.fidelity.fidelity_report(model, tokenizer, texts) with a model you loaded yourself"
-        ) from exc
-    passages = sample_passages(data.read_text(encoding="utf-8"), positions, passage_bytes, seed)
+    from .data import read_documents
+    from .io import write_json
+    from .teachers import load_teacher
+
+    # the one data reader: .txt or .jsonl, non-UTF-8 or malformed input is one line naming the file
+    passages = sample_passages("\n\n".join(read_documents(data)), positions, passage_bytes, seed)
     loaded = load_teacher(teacher)
     report = fidelity_report(loaded.model, loaded.tokenizer, passages, positions=positions, beam=beam, seed=seed,
                              vocab=getattr(loaded, "vocab", None))
@@ -286,4 +283,4 @@ def fidelity_command(
     report["data"] = str(data)
     _print_report(report)
     if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_json(json_out, report, indent=2)

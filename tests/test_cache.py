@@ -60,7 +60,7 @@ def world(tmp_path_factory, tokenizers):
 def _cfg(world, **kw):
     from mergekd.distill.config import DistillConfig
 
-    fields = dict(teachers=world["specs"], student="new:llama", data=world["data"], out=world["root"] / "run",
+    fields = dict(teachers=world["specs"], student="new:llama?tokenizer=gpt2", data=world["data"], out=world["root"] / "run",
                   seq_bytes=SEQ, mix="linear")
     fields.update(kw)
     return DistillConfig(**fields)

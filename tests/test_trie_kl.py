@@ -155,13 +155,15 @@ def test_trie_term_is_the_mean_divergence_over_token_bytes(tokenizers, depth):
     assert grad is not None and float(grad.abs().sum()) > 0
 
 
-def test_config_accepts_trie_only_and_ce_only_drops_it(tmp_path):
+def test_config_accepts_trie_only_and_refuses_it_without_teachers(tmp_path):
     from mergekd.distill.config import DistillConfig
 
-    base = dict(student="new:llama", data=tmp_path / "d.txt", out=tmp_path / "o")
+    base = dict(student="new:llama?tokenizer=gpt2", data=tmp_path / "d.txt", out=tmp_path / "o")
     only = DistillConfig(**base, teachers=["smollm2-135m"], byte_ce_weight=0, kl_weight=0, trie_kl_weight=1)
     assert only.trie_kl_weight == 1
-    assert DistillConfig(**base, trie_kl_weight=1).trie_kl_weight == 0  # CE-only: nothing to match
+    assert DistillConfig(**base).trie_kl_weight == 0  # no teachers: the teacher terms' defaults do not apply
+    with pytest.raises(Exception, match="trie_kl_weight=1 needs teacher rows.*--teachers"):
+        DistillConfig(**base, trie_kl_weight=1)  # set without teachers: refused, never silently dropped
     with pytest.raises(Exception, match="trie_kl_weight"):
         DistillConfig(**base, teachers=["smollm2-135m"], byte_ce_weight=0, kl_weight=0)
     with pytest.raises(Exception, match="trie_kl_depth.*byte-offsets"):

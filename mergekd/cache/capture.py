@@ -47,9 +47,12 @@ def _open_manifest(out: Path, specs: list[str], ident: DataIdentity, top_k: int,
         check_data(manifest, ident, out)
         check_capture_options(manifest, top_k, tail, shard_chunks, out)
         if manifest.teacher_options.get("max_length") != options["max_length"]:
+            def shown(v):
+                return "the teacher's default" if v is None else f"{v} tokens"
+
             raise ConfigError(f"max_length mismatch: {out} was captured with teacher windows of "
-                              f"{manifest.teacher_options.get('max_length')} tokens, this capture asks for "
-                              f"{options['max_length']}; use the same value, or another --out")
+                              f"{shown(manifest.teacher_options.get('max_length'))}, this capture asks for "
+                              f"{shown(options['max_length'])}; pass the same --teacher-max-length, or another --out")
         cached_rule = manifest.teacher_options.get("byte_rule", "canonical")
         if cached_rule != options["byte_rule"]:
             raise ConfigError(f"byte_rule mismatch: {out} was captured with --byte-rule {cached_rule}, this capture "
@@ -109,7 +112,7 @@ def _capture_shard(out: Path, manifest: Manifest, index: int, teacher, chunks: l
 
 def capture_cache(out: Path | str, teachers: Sequence[str], data: Path | str, *, top_k: int = 16,
                   tail: float = 1e-3, seq_bytes: int = 512, shard_chunks: int = 64, device: str = "cpu",
-                  max_length: int = 512, byte_rule: str = "canonical", show_progress: bool = True,
+                  max_length: int | None = None, byte_rule: str = "canonical", show_progress: bool = True,
                   console=None, on_shard: ShardCallback | None = None) -> Manifest:
     """Capture (or resume capturing) the byte cache of ``teachers`` over ``load_chunks(data, seq_bytes)``.
 

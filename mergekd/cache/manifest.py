@@ -182,6 +182,34 @@ def check_teachers(manifest: Manifest, specs: list[str], cache: Path | str) -> N
                           f"for {list(specs)}; pass the same --teachers, or capture a new cache")
 
 
+# Teacher options that change the targets, and how each is read from a captured teacher's ``describe``.
+TARGET_OPTIONS = ("byte_rule", "max_length", "overlap", "dtype")
+
+
+def check_teacher_options(manifest: Manifest, overrides: dict[str, Any], cache: Path | str) -> None:
+    """The run's teacher options (``overrides`` from its flags, each spec's own ``?options`` on top) must be the
+    options the cache's targets were captured with. An option the run leaves at its default (None) takes the
+    cache's value, except ``byte_rule``, whose default is a rule. A mismatch names the option, both values and
+    the fix."""
+    from ..teachers.registry import resolve_teacher
+
+    for record in manifest.teachers:
+        if not record.describe:
+            continue
+        wanted = resolve_teacher(record.spec, overrides).options
+        for name in TARGET_OPTIONS:
+            mine, theirs = getattr(wanted, name), record.describe.get(name)
+            if name == "byte_rule":
+                theirs = theirs or manifest.teacher_options.get("byte_rule", "canonical")
+            elif mine is None:
+                continue
+            if theirs is not None and str(mine) != str(theirs):
+                flag = {"max_length": "teacher-max-length"}.get(name, name.replace("_", "-"))
+                raise ConfigError(f"{name} mismatch: cache {cache} holds teacher {record.label} captured with "
+                                  f"{name}={theirs}, but this run asks for {name}={mine}; pass --{flag} {theirs} "
+                                  "or capture a new cache with the run's settings")
+
+
 def check_data(manifest: Manifest, ident: DataIdentity, cache: Path | str) -> None:
     cached = manifest.data
     if ident.seq_bytes != cached.seq_bytes:

@@ -15,7 +15,8 @@ from ..bytes import ByteTargets
 from ..distill.signal import mix_per_text
 from ..errors import ConfigError
 from .identity import data_identity
-from .manifest import Manifest, check_complete, check_data, check_rule, check_teachers, read_manifest
+from .manifest import (Manifest, check_complete, check_data, check_rule, check_teacher_options, check_teachers,
+                       read_manifest)
 from .reader import ShardStore
 
 
@@ -34,6 +35,8 @@ class CachedSignal:
         if cfg is not None:
             if cfg.teachers:
                 check_teachers(self.manifest, list(cfg.teachers), self.cache)
+            if hasattr(cfg, "teacher_overrides"):
+                check_teacher_options(self.manifest, cfg.teacher_overrides(), self.cache)
             ident, _ = data_identity(cfg.data, cfg.seq_bytes)
             check_data(self.manifest, ident, self.cache)
         check_complete(self.manifest, self.cache)

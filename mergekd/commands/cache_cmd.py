@@ -22,7 +22,10 @@ def cache_command(
     verify: bool = typer.Option(False, "--verify", help="check an existing cache: checksums, then recompute a sample "
                                                        "of chunks and report KL(dense ‖ cached) per byte"),
     device: str = typer.Option("cpu", help="device the teachers run on (cpu, cuda, mps)"),
-    max_length: int = typer.Option(512, help="teacher window in tokens"),
+    max_length: Optional[int] = typer.Option(None, "--teacher-max-length", "--max-length", min=16,
+                                             help="teacher window in tokens (default: the teacher's own, "
+                                                  "min(model positions, 1024): the same default as score, distill, "
+                                                  "fidelity and ablate)"),
     byte_rule: str = typer.Option("canonical", help="token → byte rule: canonical (fast) or exact:K=8 (covering "
                                                     "sum over tokenizations, ~0.1-0.3 s per byte: short texts)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the summary / verify report here"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +24,10 @@ def distill_command(
     steps: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
     grad_accum: Optional[int] = typer.Option(None), seq_bytes: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+    warmup_steps: Optional[int] = typer.Option(None, help="linear warm-up steps before the cosine decay (10)"),
+    teacher_max_length: Optional[int] = typer.Option(
+        None, help="teacher window in tokens (default: the teacher's own, min(model positions, 1024), as in "
+                   "cache and score); with --cache it must match the cache's window"),
     byte_head: Optional[str] = typer.Option(None, help="parallel (BLD) or recurrent"),
     byte_offsets: Optional[int] = typer.Option(None, help="K: bytes of the next token the head predicts"),
     byte_ce_weight: Optional[float] = typer.Option(None), kl_weight: Optional[float] = typer.Option(None),
@@ -64,6 +67,12 @@ def distill_command(
     from ..distill import distill, load_config
 
     if ce_only:
+        clash = [f"--{k.replace('_', '-')}" for k in ("teachers", "cache", "kl_weight", "trie_kl_weight",
+                                                     "byte_ce_weight", "mix", "fit_data", "on_policy")
+                 if overrides.get(k) not in (None, 0, 0.0)]
+        if clash:
+            raise ConfigError(f"--ce-only trains the token CE alone, but {', '.join(clash)} asks for teachers or "
+                              "teacher terms; drop --ce-only or those flags")
         overrides.update(teachers=[], byte_ce_weight=0.0, kl_weight=0.0, trie_kl_weight=0.0, cache=None)
     cfg = load_config(config, overrides)
     for field in ("student", "data", "out"):
@@ -87,25 +96,30 @@ def eval_command(
     from rich.progress import Progress
 
     from ..evaluate import evaluate_file
-    from ..student import load_student
+    from ..io import write_json
 
-    folder = Path(model)
-    if folder.is_dir():
-        lm, tok = load_student(f"hf:{folder}")
-    else:
-        try:
-            from ..teachers import load_teacher
-
-            teacher = load_teacher(model)
-            lm, tok = teacher.model, teacher.tokenizer
-        except ImportError:
-            lm, tok = load_student(model)
+    lm, tok = _load_eval_model(model)
     with Progress(transient=True) as bar:
         task = bar.add_task("eval", total=None)
         result = evaluate_file(lm, tok, data, chunk_bytes=chunk_bytes, limit_bytes=max_bytes,
                                progress=lambda n: bar.advance(task, n))
     typer.echo(f"{model}: {result['bpb']:.4f} bits/byte over {result['bytes']} bytes ({result['tokens']} tokens)")
     if json_out is not None:
-        tmp = json_out.with_name(json_out.name + ".tmp")
-        tmp.write_text(json.dumps({"model": model, **result}, indent=1))
-        tmp.replace(json_out)
+        write_json(json_out, {"model": model, **result})
+
+
+def _load_eval_model(model: str):
+    """``--model``: an exported folder, a student spec (``new:``, ``hf:``, ``gguf:``) or a teacher spec.
+
+    Student grammar first: ``new:llama?...`` is never a teacher, and ``hf:``/``gguf:`` load the same way either
+    way; anything else is a registered teacher name (unknown names get the teacher registry's suggestions)."""
+    from ..student import load_student
+
+    if Path(model).is_dir():
+        return load_student(f"hf:{model}")
+    if model.startswith(("new:", "hf:", "gguf:")):
+        return load_student(model)
+    from ..teachers import load_teacher
+
+    teacher = load_teacher(model)
+    return teacher.model, teacher.tokenizer

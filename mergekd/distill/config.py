@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, one_line
 
 
 class DistillConfig(BaseModel):
@@ -26,8 +26,9 @@ class DistillConfig(BaseModel):
     data: Path
     out: Path
     eval_data: Path | None = None
-    mix: str = "linear"
-    fit_data: Path | None = None
+    mix: str | dict = Field("linear", description="mixer spec (linear, learned, product:weights=1;2) or, in "
+                            "YAML, a mapping {name: linear, weights: [1, 2]}")
+    fit_data: Path | None = Field(None, description="text a learning mixer is fitted on (online teachers only)")
     cache: Path | None = None
 
     steps: int = Field(100, ge=1)
@@ -39,11 +40,14 @@ class DistillConfig(BaseModel):
     warmup_steps: int = Field(10, ge=0)
     seed: int = 0
 
-    byte_head: Literal["parallel", "recurrent"] = "parallel"
+    byte_head: str = Field("parallel", description="byte head from the byte-head registry: parallel (BLD, alias "
+                           "bld), recurrent, or a plugin's name")
     byte_offsets: int = Field(10, ge=1, le=64)
     token_ce_weight: float = Field(1.0, ge=0)
-    byte_ce_weight: float = Field(1.0, ge=0)
-    kl_weight: float = Field(0.1, ge=0)
+    byte_ce_weight: float = Field(1.0, ge=0, description="λ_b: byte head CE on the text's bytes (default 1 with teachers, "
+                                  "0 without)")
+    kl_weight: float = Field(0.1, ge=0, description="λ_kl: D(mixture ‖ byte head) (default 0.1 with teachers; needs "
+                             "teachers or a cache)")
     trie_kl_weight: float = Field(0.0, ge=0, description="λ_t: D(mixture ‖ the next-byte distribution the "
                                   "student's token softmax implies through its byte trie), which trains the token "
                                   "softmax itself")
@@ -54,10 +58,12 @@ class DistillConfig(BaseModel):
 
     save_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-    device: str = "auto"
+    device: str = Field("auto", description="student device: auto (cuda when available), cpu, cuda, cuda:N, mps; "
+                        "a device this machine lacks is refused")
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
     teacher_placement: Literal["device", "swap"] = "device"
-    teacher_max_length: int = Field(1024, ge=16)
+    teacher_max_length: int | None = Field(None, ge=16, description="teacher window in tokens; default: the "
+                                           "teacher's own (min(model positions, 1024)), the same for every command")
     byte_rule: str = Field("canonical", description="every teacher's token → byte rule: canonical (fast) or "
                                                     "exact:K=8 (covering sum; short texts only)")
     lora_rank: int = Field(0, ge=0, description="0 = full fine-tuning; >0 trains LoRA adapters (needs peft)")
@@ -78,6 +84,36 @@ class DistillConfig(BaseModel):
         from ..bytes.rule import parse_byte_rule
 
         return parse_byte_rule(v, "byte_rule").label()  # ConfigError naming the valid spellings
+
+    @field_validator("student")
+    @classmethod
+    def _known_student(cls, v: str) -> str:
+        from ..student.spec import parse_student_spec
+
+        parse_student_spec(v)  # grammar only: nothing is loaded
+        return v
+
+    @field_validator("mix", mode="before")
+    @classmethod
+    def _known_mix(cls, v):
+        from ..mix import build_mixer
+
+        build_mixer(v)  # a typo stops here, before any teacher loads (UnknownNameError with close matches)
+        return v
+
+    @field_validator("byte_head")
+    @classmethod
+    def _known_byte_head(cls, v: str) -> str:
+        from ..student.byte_head import BYTE_HEADS
+
+        return BYTE_HEADS.canonical(v)  # aliases and plugins resolve; a typo lists the known heads
+
+    @field_validator("device")
+    @classmethod
+    def _available_device(cls, v: str) -> str:
+        from ..devices import check_device
+
+        return check_device(v, "device")
 
     @field_validator("on_policy", mode="before")
     @classmethod
@@ -102,23 +138,77 @@ class DistillConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.teachers and self.byte_ce_weight == 0 and self.kl_weight == 0 and self.trie_kl_weight == 0:
-            raise ValueError("teachers are given but byte_ce_weight, kl_weight and trie_kl_weight are all 0: the "
-                             "teachers would be ignored; set kl_weight or trie_kl_weight > 0, or drop the teachers")
         if self.trie_kl_depth > self.byte_offsets:
             raise ValueError(f"trie_kl_depth: {self.trie_kl_depth} byte offsets per token, but batches carry "
                              f"byte_offsets={self.byte_offsets}; raise --byte-offsets or lower --trie-kl-depth "
                              "(0 = all of them)")
+        self._check_teacher_terms()
         if self.on_policy > 0:
             self._check_on_policy()
-        if not self.teachers and self.cache is None and (self.kl_weight > 0 or self.trie_kl_weight > 0):
-            # CE-only runs: the KL terms have nothing to match
-            self.kl_weight = 0.0
-            self.trie_kl_weight = 0.0
+        if self.fit_data is not None:
+            self._check_fit_data()
         from ..losses import LOSSES
 
         LOSSES.get(self.kl_loss)  # unknown name → UnknownNameError listing close matches
+        self._check_teacher_specs()
         return self
+
+    @property
+    def has_teacher_rows(self) -> bool:
+        """Teachers or a byte cache supply rows (the only source of the KL and trie terms' targets)."""
+        return bool(self.teachers) or self.cache is not None
+
+    @property
+    def uses_teacher_rows(self) -> bool:
+        """A term reads the teachers' rows: only then are teachers loaded or a cache opened."""
+        return self.has_teacher_rows and (self.kl_weight > 0 or self.trie_kl_weight > 0)
+
+    def _check_teacher_terms(self) -> None:
+        """Teacher terms without teachers, or teachers that no term reads: refused, never silently dropped.
+
+        Without teachers the *defaults* of the teacher terms (kl_weight 0.1, byte_ce_weight 1) do not apply (a
+        plain run is the CE-only baseline, as documented on the fields); a weight the user set is refused."""
+        explicit = self.model_fields_set
+        if not self.has_teacher_rows:
+            for name in ("kl_weight", "trie_kl_weight"):
+                if name in explicit and getattr(self, name) > 0:
+                    raise ValueError(f"{name}={getattr(self, name):g} needs teacher rows, but no teachers or cache "
+                                     f"are given; add --teachers (or --cache), or set {name} 0 / use --ce-only")
+            self.kl_weight = self.kl_weight if "kl_weight" in explicit else 0.0
+            self.trie_kl_weight = self.trie_kl_weight if "trie_kl_weight" in explicit else 0.0
+            if "byte_ce_weight" not in explicit:
+                self.byte_ce_weight = 0.0
+            return
+        if self.kl_weight == 0 and self.trie_kl_weight == 0:
+            given = "teachers" if self.teachers else "cache"
+            raise ValueError(f"{given} given, but kl_weight and trie_kl_weight are both 0, so no term reads the "
+                             "teachers' rows; set kl_weight or trie_kl_weight > 0, or drop the teachers")
+
+    def _check_fit_data(self) -> None:
+        """fit_data only feeds a mixer that learns, from online teachers; anywhere else it would be ignored."""
+        if self.cache is not None:
+            raise ValueError("fit_data: a byte cache holds teacher rows for the training chunks only, so fit_data "
+                             "cannot be scored; drop --fit-data (the mixer then fits on the first 16 cached chunks) "
+                             "or drop --cache (teachers run online)")
+        from ..mix import build_mixer
+
+        if not getattr(build_mixer(self.mix), "needs_fit", False):
+            from ..mix import MIXERS
+
+            learners = [name for name, kind in MIXERS.items() if getattr(kind, "needs_fit", False)]
+            raise ValueError(f"fit_data: mixer {self.mix!r} learns nothing, so fit_data would be ignored; drop "
+                             f"--fit-data or choose a mixer that learns ({', '.join(learners)})")
+
+    def _check_teacher_specs(self) -> None:
+        """Every teacher spec parses, names a registered teacher and its options validate (no weights load)."""
+        from ..teachers.registry import resolve_teacher
+
+        for spec in self.teachers:
+            resolve_teacher(spec, self.teacher_overrides())
+
+    def teacher_overrides(self) -> dict:
+        """The teacher-runtime options this run sets for every teacher (a spec's own ``?options`` win)."""
+        return {"max_length": self.teacher_max_length, "byte_rule": self.byte_rule}
 
     def _check_on_policy(self) -> None:
         """On-policy batches train only the divergence to the teachers on the student's samples (see
@@ -163,17 +253,15 @@ def load_config(path: Path | None, overrides: dict) -> DistillConfig:
         if not Path(path).is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(Path(path).read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field: value")
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return DistillConfig(**data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "config"
-            lines.append(f"{where}: {err['msg']}")
-        raise ConfigError("invalid distillation config — " + "; ".join(lines)) from None
+        raise one_line(exc, "invalid distillation config") from None

@@ -28,7 +28,7 @@ import torch
 from ..bytes import byte_vocab_for
 from ..bytes.targets import model_vocab_width
 from ..data import load_chunks
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteError
 from ..student import build_byte_head, load_student
 from ..student.byte_rows import StudentByteRows
 from .batch import build_student_batch
@@ -65,10 +65,16 @@ def batch_indices(num_chunks: int, step: int, batch_size: int, seed: int) -> lis
 def _accelerator(cfg: DistillConfig):
     from accelerate import Accelerator
 
-    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    device = None if cfg.device == "auto" else torch.device(cfg.device)
+    cpu = (device is not None and device.type == "cpu") or (device is None and not torch.cuda.is_available())
+    if device is not None and device.type == "cuda" and device.index is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"device: {cfg.device!r} pins one GPU, but accelerate launched "
+                              f"{os.environ['WORLD_SIZE']} processes (one GPU each); use --device cuda or auto")
+        torch.cuda.set_device(device)  # accelerate's single process takes the current CUDA device
     precision = cfg.mixed_precision
     if precision == "auto":
-        precision = "bf16" if (not cpu and torch.cuda.is_bf16_supported()) else "no"
+        precision = "bf16" if (not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()) else "no"
     return Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
 
 
@@ -89,8 +95,7 @@ def _build_signal(cfg: DistillConfig, device, progress_print, loaded: list | Non
     teachers = list(loaded or [])
     for spec in cfg.teachers[len(teachers):]:
         progress_print(f"loading teacher {spec} ...")
-        teachers.append(load_teacher(spec, overrides={"device": "cpu", "max_length": cfg.teacher_max_length,
-                                                      "byte_rule": cfg.byte_rule}))
+        teachers.append(load_teacher(spec, overrides={**cfg.teacher_overrides(), "device": "cpu"}))
     mixer = build_mixer(cfg.mix)
     signal = TeacherSignal(teachers, mixer, device, cfg.teacher_placement)
     return signal
@@ -132,13 +137,14 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
         raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by processes ({world}) × grad_accum "
                           f"({cfg.grad_accum}) so every process gets equal micro-batches")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
     student, tokenizer = load_student(cfg.student)
     vocab = byte_vocab_for(tokenizer)
-    use_signal = bool(cfg.teachers or cfg.cache) and (cfg.byte_ce_weight > 0 or cfg.kl_weight > 0
-                                                      or cfg.trie_kl_weight > 0)
-    use_head = use_signal and (cfg.byte_ce_weight > 0 or cfg.kl_weight > 0)
+    # the data is read (and refused) before anything is written or any teacher loads
+    data = read_data(cfg.data, seq_bytes=cfg.seq_bytes, prompt_bytes=cfg.prompt_bytes, tokenizer=tokenizer,
+                     need_response=cfg.on_policy < 1)
+    use_signal = cfg.uses_teacher_rows  # teachers load (or the cache opens) only when a term reads their rows
+    use_head = cfg.byte_ce_weight > 0 or cfg.kl_weight > 0
     head = build_byte_head(cfg.byte_head, student.config.hidden_size, cfg.byte_offsets) if use_head else None
     if cfg.lora_rank > 0:
         student = _with_lora(student, cfg.lora_rank)
@@ -147,8 +153,6 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    data = read_data(cfg.data, seq_bytes=cfg.seq_bytes, prompt_bytes=cfg.prompt_bytes, tokenizer=tokenizer,
-                     need_response=cfg.on_policy < 1)
     if data.kind == "prompt" and cfg.cache is not None:
         raise ConfigError(f"cache: {cfg.data} holds prompt/response pairs, but byte caches cover plain-text chunks; "
                           "drop --cache (teachers run online)")
@@ -156,6 +160,7 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
         raise ConfigError(f"prompt_bytes: {cfg.prompt_bytes} must be smaller than seq_bytes ({cfg.seq_bytes}) so "
                           "responses have room; lower --prompt-bytes or raise --seq-bytes")
     chunks = data.texts
+    out.mkdir(parents=True, exist_ok=True)
     signal = _build_signal(cfg, accelerator.device, console.print, teachers) if use_signal else None
     weights = LossWeights(cfg.token_ce_weight, cfg.byte_ce_weight, cfg.kl_weight, cfg.kl_loss, cfg.temperature,
                           cfg.trie_kl_weight, cfg.trie_kl_depth)
@@ -171,7 +176,7 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
         accelerator.load_state(str(ckpt))
         start_step = int(meta["step"])
         if mixer is not None and (ckpt / "mixer.pt").is_file():
-            mixer.load_state_dict(torch.load(ckpt / "mixer.pt", weights_only=False))
+            mixer.load_state_dict(torch.load(ckpt / "mixer.pt", weights_only=True))
         console.print(f"resuming from {ckpt.name} (step {start_step}/{cfg.steps})")
     elif signal is not None:
         _fit_mixer(signal, cfg, chunks)
@@ -228,7 +233,10 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
                     with accelerator.autocast():
                         parts = model(batch.to(accelerator.device), teacher_lp, teacher_mask, step_weights)
                     if not torch.isfinite(parts["loss"]):
-                        raise FloatingPointError(f"loss is {parts['loss'].item()} at step {step}")
+                        raise NonFiniteError(
+                            f"loss is {parts['loss'].item()} at step {step + 1} ("
+                            + ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in parts.items() if k != "loss")
+                            + "); lower --lr, or resume from the last checkpoint with other settings")
                     accelerator.backward(parts["loss"])
                     optimizer.step()
                     optimizer.zero_grad()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -162,14 +163,35 @@ def load_gguf(path: Path, options: TeacherOptions, where: str, cache_name: str, 
     folder, built = ensure_cache(target, build, source)
     try:
         model, tok, vocab = read_folder(folder, options)
-    except Exception:  # reading only (no device moves here): any failure means the files are damaged
-        if built:  # freshly built and still unreadable: a real bug, not a damaged cache
-            raise
+    except Exception as exc:  # noqa: BLE001 - classified below: damaged files are rebuilt, anything else raised
+        if built or not files_damaged(folder):
+            # intact files that do not load (e.g. another transformers version): keep the ~1 GB copy, say why
+            raise TeacherLoadError(f"{where}: the safetensors copy {folder} is intact but does not load "
+                                   f"({type(exc).__name__}: {exc}); if transformers changed since it was written, "
+                                   f"move that folder away and rerun to rebuild it") from exc
         # complete by its marker but unreadable (bytes damaged in place, sizes intact): rebuild once
         discard(folder)
         folder, _ = ensure_cache(target, build, source)
         model, tok, vocab = read_folder(folder, options)
     return model.to(options.device).eval(), tok, vocab
+
+
+def files_damaged(folder: Path) -> bool:
+    """Whether a cache folder's own files are broken (weights that safetensors cannot parse, tokenizer or config
+    JSON that does not parse), as opposed to intact files the installed libraries fail to load. Only damaged
+    copies are discarded: an hour of dequantising is not thrown away over a library version."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        for weights in folder.glob("*.safetensors"):
+            load_file(str(weights))  # header, offsets and every tensor's byte range
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            if (folder / name).is_file():
+                json.loads((folder / name).read_text(encoding="utf-8"))
+    except (SafetensorError, OSError, ValueError, UnicodeDecodeError):
+        return True
+    return False
 
 
 def load_folder(folder: Path, options: TeacherOptions):

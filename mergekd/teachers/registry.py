@@ -99,4 +99,5 @@ def list_specs() -> list[tuple[str, TeacherSpec | MergekdError]]:
             out.append((name, registered_spec(name)))
         except MergekdError as exc:
             out.append((name, exc))
-    return out
+    out += TEACHERS.failures().items()  # plugins whose module failed to import: one row each
+    return sorted(out, key=lambda row: row[0])
