@@ -61,17 +61,10 @@ def _atomic_save_dir(build: Callable[[Path], None], target: Path) -> Path:
     """Build a folder in a temporary sibling, then rename it into place, so a crash never leaves half a cache."""
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
+    from .io import atomic_folder
+
+    with atomic_folder(target, replace=False) as tmp:  # another process that wins the race keeps its copy
         build(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -60,19 +60,25 @@ def write_if_changed(path: Path | str, data: bytes | str) -> None:
 def atomic_folder(target: Path | str, *, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; on success it becomes ``target`` in one rename.
 
-    An existing ``target`` is moved aside first and deleted only after the new folder is in place (``replace``),
-    so a crash leaves either the old folder or the new one. The folder gets ordinary permissions (umask applied),
-    not mkdtemp's 0700."""
+    ``replace=True``: an existing ``target`` is moved aside first and deleted only after the new folder is in
+    place, so a crash leaves either the old folder or the new one. ``replace=False`` (shared caches that several
+    processes may build at once): if ``target`` exists when ours is ready, theirs is kept and ours dropped. The
+    folder gets ordinary permissions (umask applied), not mkdtemp's 0700."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         old = None
+        if not replace:
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not target.exists():  # not a lost race: a real failure
+                    raise
+            return
         if target.exists():
-            if not replace:
-                raise FileExistsError(f"{target} exists")
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             if old.exists():
                 shutil.rmtree(old)

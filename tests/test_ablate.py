@@ -234,6 +234,7 @@ def test_rerun_skips_finished_cells_and_resumes_an_interrupted_one(grid, monkeyp
 
 
 def test_owned_cache_of_other_options_is_captured_again_a_named_one_is_refused(grid, tmp_path):
+    """An owned cache of other options is captured again, its old capture moved aside intact (never deleted)."""
     import shutil
 
     from mergekd.ablate.cache_views import ensure_union_cache
@@ -249,8 +250,11 @@ def test_owned_cache_of_other_options_is_captured_again_a_named_one_is_refused(g
         ensure_union_cache(named, grid["specs"], data, top_k=4, tail=1e-3, **kw)
     owned = tmp_path / "owned"
     shutil.copytree(source, owned)
+    files = sorted(p.relative_to(owned) for p in owned.rglob("*"))
     manifest = ensure_union_cache(owned, grid["specs"][:1], data, top_k=4, tail=1e-3, owned=True, **kw)
     assert manifest.top_k == 4 and [t.spec for t in read_manifest(owned).teachers] == grid["specs"][:1]
+    aside = tmp_path / "owned.old-1"
+    assert sorted(p.relative_to(aside) for p in aside.rglob("*")) == files and read_manifest(aside).top_k == 8
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..cache.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from ..errors import ConfigError
+from ..io import folder_size, human_size, move_aside
 
 
 def ensure_union_cache(path: Path, specs: list[str], data: Path, *, seq_bytes: int, top_k: int, tail: float,
@@ -26,36 +27,50 @@ def ensure_union_cache(path: Path, specs: list[str], data: Path, *, seq_bytes: i
 
     An existing cache at ``path`` that holds *more* teachers than the grid needs is reused as it is (its own
     teacher list is resumed); one that lacks a needed teacher is refused, because a cache cannot grow a teacher
-    without a new capture. An ablate-``owned`` cache (the default folder under OUT) whose data or capture
-    options no longer match is deleted and captured again, like a cell whose settings changed; a cache the
-    user named is never deleted (the capture's own mismatch error names the fix).
+    without a new capture. An ablate-``owned`` cache (the default folder under OUT, which ablate named and
+    filled) whose data or capture options no longer match is moved aside (``NAME.old-1``, said with its size)
+    and captured again: it may hold hours of teacher passes, so it is kept for the user to reuse or delete. A
+    cache the user named is never moved (the capture's own mismatch error names the fix).
     """
-    import shutil
-
     from ..cache import capture_cache
-    from ..cache.identity import data_identity
 
     path = Path(path)
     capture = list(specs)
-    if owned and (path / MANIFEST).is_file():
-        old = read_manifest(path)
-        ident, _ = data_identity(data, seq_bytes)
-        if (old.data.sha256, old.data.chunks_sha256, old.top_k, old.tail, old.shard_chunks,
-                old.teacher_options.get("max_length"), old.teacher_options.get("byte_rule", "canonical")) != \
-                (ident.sha256, ident.chunks_sha256, top_k, tail, shard_chunks, max_length, byte_rule):
-            if console is not None:
-                console.print(f"  cache {path} was captured from other data or options: capturing it again")
-            shutil.rmtree(path)
+    if owned and (path / MANIFEST).is_file() and _stale(read_manifest(path), data, seq_bytes=seq_bytes,
+                                                        top_k=top_k, tail=tail, shard_chunks=shard_chunks,
+                                                        max_length=max_length, byte_rule=byte_rule):
+        _move_stale(path, console)
     if (path / MANIFEST).is_file():
         held = [t.spec for t in read_manifest(path).teachers]
         missing = [s for s in specs if s not in held]
         if missing:
             raise ConfigError(f"cache {path} holds teachers {held} but the grid also needs {missing}; set "
-                              "`cache: {path: NEW_FOLDER}` (or delete the folder) to capture all of them")
+                              "`cache: {path: NEW_FOLDER}` (or move the folder away) to capture all of them")
         capture = held
     return capture_cache(path, capture, data, top_k=top_k, tail=tail, seq_bytes=seq_bytes,
                          shard_chunks=shard_chunks, device=device, max_length=max_length, byte_rule=byte_rule,
                          show_progress=show_progress, console=console)
+
+
+def _stale(old: Manifest, data: Path, *, seq_bytes: int, top_k: int, tail: float, shard_chunks: int,
+           max_length: int, byte_rule: str) -> bool:
+    """Whether a cache was captured from other data or with other capture options than these."""
+    from ..cache.identity import data_identity
+
+    ident, _ = data_identity(data, seq_bytes)
+    return (old.data.sha256, old.data.chunks_sha256, old.top_k, old.tail, old.shard_chunks,
+            old.teacher_options.get("max_length"), old.teacher_options.get("byte_rule", "canonical")) != \
+        (ident.sha256, ident.chunks_sha256, top_k, tail, shard_chunks, max_length, byte_rule)
+
+
+def _move_stale(path: Path, console) -> Path:
+    """Move an outdated owned cache aside and say in one line where it went and how big it is."""
+    size = human_size(folder_size(path))
+    aside = move_aside(path, "old")
+    if console is not None:
+        console.print(f"  cache {path} was captured from other data or options: moved it ({size}) to {aside} "
+                      "(kept, not deleted); capturing it again")
+    return aside
 
 
 def _records_by_spec(manifest: Manifest) -> dict:

@@ -40,7 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..distill.config import DistillConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, MergekdError
 from .data import is_asset, parse_asset, target_path
 
 # Fields that only matter when there are teachers: a CE-only cell ignores them, so they do not split baselines.
@@ -115,6 +115,18 @@ class SampleEvalSettings(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     mix: str = "linear"
     seed: int = 0
+
+    @field_validator("mix")
+    @classmethod
+    def _known_mix(cls, v: str) -> str:
+        """A misspelt judge mixer fails with the config, not after every cell has trained."""
+        from ..mix import parse_mix_spec
+
+        try:
+            parse_mix_spec(v)
+        except MergekdError as exc:  # a registry miss is a KeyError: make it a field error pydantic reports
+            raise ValueError(" ".join(str(exc).split())) from None
+        return v
 
 
 class CacheSettings(BaseModel):
@@ -359,6 +371,7 @@ def expand_cells(cfg: AblationConfig, out: Path) -> list[Cell]:
 
     cells: list[Cell] = []
     seen: dict[str, Cell] = {}
+    resolved: set[str] = set()  # teacher specs already checked
     for shown, names, given_id, where in normalised:
         teachers = shown["teachers"]
         fields = {**base, **{k: v for k, v in shown.items()}}
@@ -371,12 +384,7 @@ def expand_cells(cfg: AblationConfig, out: Path) -> list[Cell]:
         cell_id = given_id or "__".join(_id_part(a, shown[a], labels) for a in names)
         if given_id is not None and not re.fullmatch(r"[A-Za-z0-9._+-]+", given_id):
             raise ConfigError(f"{where}.id: {given_id!r} may only use letters, digits, '.', '_', '+' and '-'")
-        try:
-            config = DistillConfig(**{**fields, "out": out / "cells" / cell_id})
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: "
-                                 f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-            raise ConfigError(f"ablation cell {cell_id} ({where}): {problems}") from None
+        config = _cell_config(fields, out / "cells" / cell_id, f"ablation cell {cell_id} ({where})", resolved)
         key = json.dumps(config.model_dump(mode="json", exclude={"out"}), sort_keys=True)
         if key in seen:
             continue  # the same run twice (e.g. `none` and `[]`, or an explicit cell equal to a grid cell)
@@ -387,6 +395,43 @@ def expand_cells(cfg: AblationConfig, out: Path) -> list[Cell]:
         seen[key] = cell
         cells.append(cell)
     return cells
+
+
+def _cell_config(fields: dict, folder: Path, label: str, resolved: set[str]) -> DistillConfig:
+    """One cell's validated DistillConfig; any bad value is one ConfigError naming the cell and the field.
+
+    Why the spec strings are parsed here first: DistillConfig checks them too, but a registry miss (a misspelt
+    mixer or teacher) is a KeyError that pydantic does not wrap, so it would surface without the cell or field.
+    Nothing here loads weights or writes files, so ``--dry-run`` runs it for every cell."""
+    from ..mix import build_mixer
+    from ..student.spec import parse_student_spec
+    from ..teachers.registry import resolve_teacher
+
+    _check_one(label, "student", lambda: parse_student_spec(fields.get("student")))
+    _check_one(label, "mix", lambda: build_mixer(fields.get("mix", "linear")))
+    for spec in fields.get("teachers", []):
+        if spec not in resolved:
+            _check_one(label, "teachers", lambda: resolve_teacher(spec))
+            resolved.add(spec)
+    try:
+        return DistillConfig(**{**fields, "out": folder})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: "
+                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise ConfigError(f"{label}: {problems}") from None
+    except MergekdError as exc:  # e.g. an unknown kl_loss: the message names the value
+        raise ConfigError(f"{label}: {' '.join(str(exc).split())}") from None
+
+
+def _check_one(where: str, field: str, check) -> None:
+    """Run one parse; its error becomes one ConfigError line naming the cell and the field (once: the student
+    parser's messages already start with ``student:``)."""
+    try:
+        check()
+    except MergekdError as exc:
+        text = " ".join(str(exc).split())
+        named = text if text.startswith(f"{field}:") else f"{field}: {text}"
+        raise ConfigError(f"{where}: {named}") from None
 
 
 def axes_of(cells: list[Cell]) -> list[str]:

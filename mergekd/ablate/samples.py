@@ -13,14 +13,15 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ..data import chunk_text
+from ..data import chunk_text, read_documents
 from ..errors import ConfigError
 from .config import SampleEvalSettings
 
 
 def sample_prompts(path: Path, settings: SampleEvalSettings) -> list[str]:
     """``num_prompts`` pieces of ≤ ``prompt_bytes`` bytes, evenly spaced over the file (whole characters)."""
-    pieces = [p for p in chunk_text(Path(path).read_text(encoding="utf-8"), settings.prompt_bytes) if p.strip()]
+    text = "\n\n".join(read_documents(path))  # the one reader: non-UTF-8 or malformed input is one line
+    pieces = [p for p in chunk_text(text, settings.prompt_bytes) if p.strip()]
     if len(pieces) < settings.num_prompts:
         raise ConfigError(f"sample_eval.prompts: {path} holds {len(pieces)} prompts of {settings.prompt_bytes} bytes, "
                           f"fewer than num_prompts={settings.num_prompts}; use a longer text or fewer prompts")
@@ -40,7 +41,7 @@ class SampleJudge:
     """Loads the judging teachers on first use and scores exports; ``close()`` frees them."""
 
     def __init__(self, settings: SampleEvalSettings, prompts_file: Path, teacher_specs: list[str], device: str,
-                 max_length: int, say: Callable[[str], None]):
+                 max_length: int | None, say: Callable[[str], None]):
         if not teacher_specs:
             raise ConfigError("sample_eval needs teachers to judge the samples; the grid has none")
         self.settings = settings

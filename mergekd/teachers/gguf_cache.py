@@ -18,12 +18,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 from ..assets import cache_dir
+from ..io import atomic_folder
 
 MARKER = "mergekd-cache.json"
 CACHE_FORMAT = 2  # 2: the folder also holds the tokenizer's ByteVocab
@@ -121,12 +121,6 @@ def sweep_stale(target: Path, max_age: float = STALE_SECONDS) -> None:
                 pass
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def ensure_cache(target: Path, build: Callable[[Path], None], source: dict) -> tuple[Path, bool]:
     """Return ``(target, built)``: ``target`` if it is complete, else build it atomically first.
 
@@ -137,20 +131,11 @@ def ensure_cache(target: Path, build: Callable[[Path], None], source: dict) -> t
         return target, False
     discard(target)
     sweep_stale(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
+    with atomic_folder(target, replace=False) as tmp:  # another process that finishes first keeps its copy
         build(tmp)
         write_marker(tmp, source)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the cache should look like any folder
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not is_complete(target):  # not a lost race: a real failure
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not is_complete(target):
+        raise OSError(f"{target} appeared while this process built it and is incomplete; rerun to rebuild it")
     return target, True
 
 
