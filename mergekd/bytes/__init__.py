@@ -13,10 +13,11 @@ from .targets import (
     trie_index_for,
 )
 from .trie import ByteTrieIndex
-from .vocab import Alignment, ByteVocab
+from .vocab import ACCEPTED_NORMALIZERS, LOSSY_TEXT_MODES, Alignment, ByteVocab
 
 __all__ = [
-    "END", "NUM_OUTCOMES", "Alignment", "ByteTargets", "ByteTrieIndex", "ByteVocab", "byte_logprobs_from_logits",
+    "ACCEPTED_NORMALIZERS", "END", "LOSSY_TEXT_MODES", "NUM_OUTCOMES", "Alignment", "ByteTargets", "ByteTrieIndex",
+    "ByteVocab", "byte_logprobs_from_logits",
     "byte_vocab_for", "check_vocab_match", "end_logprobs_from_logits", "teacher_byte_logprobs",
     "teacher_byte_logprobs_batch", "trie_index_for",
 ]

@@ -66,7 +66,7 @@ from ..errors import ConfigError
 from .convert import NUM_OUTCOMES, child_masses
 from .targets import ByteTargets, byte_vocab_for, check_vocab_match, model_vocab_width, trie_index_for
 from .trie import ByteTrieIndex
-from .vocab import ByteVocab
+from .vocab import Alignment, ByteVocab
 
 END = NUM_OUTCOMES - 1
 
@@ -282,27 +282,30 @@ def _select(pending: _Pending, beam: int | None, prune: float) -> _Pending:
                     [pending.logps[k] for k in keep])
 
 
-def _context(vocab: ByteVocab, text: str) -> tuple[bytes, list[int], int, int]:
-    """(stream, context ids, stream position where the search starts, dummy-prefix length).
+def _context(vocab: ByteVocab, text: str,
+             lossy_text: str = "refuse") -> tuple[bytes, list[int], int, int, Alignment]:
+    """(stream, context ids, stream position where the search starts, dummy-prefix length, alignment).
 
     The context is the tokenizer's leading specials; without any, the first canonical token is taken as given
-    (the fast rule cannot predict it either) and the search starts after it.
+    (the fast rule cannot predict it either) and the search starts after it. For a text the normaliser changed
+    (``lossy_text="mask"``) the stream is what the tokens spell, the normalised text; rows are mapped back later.
     """
-    align = vocab.align(text)
-    stream = b" " * align.prefix_len + align.text_bytes
+    align = vocab.align(text, lossy_text=lossy_text)
     ids = align.token_ids.tolist()
+    body = align.text_bytes if align.byte_map is None else vocab.decode_bytes(ids)[align.prefix_len:]
+    stream = b" " * align.prefix_len + body
     lens = align.token_len.tolist()
     lead = 0
     while lead < len(ids) and lens[lead] == 0:
         lead += 1
     if lead > 0:
-        return stream, ids[:lead], 0, align.prefix_len
-    return stream, ids[:1], lens[0], align.prefix_len
+        return stream, ids[:lead], 0, align.prefix_len, align
+    return stream, ids[:1], lens[0], align.prefix_len, align
 
 
 def exact_search(model, tokenizer, text: str, *, beam: int | None = None, prune: float = 0.0,
                  vocab: ByteVocab | None = None, max_bytes: int | None = None, use_cache: bool = True,
-                 max_states: int | None = 1024, max_batch: int = 64) -> ExactResult:
+                 max_states: int | None = 1024, max_batch: int = 64, lossy_text: str = "refuse") -> ExactResult:
     """Exact (``beam=None``, ``prune=0``) or beam-bounded cover search; see the module docstring.
 
     ``max_bytes`` stops after that many text bytes (rows past it are undefined and ``end_logprobs`` is None):
@@ -311,6 +314,9 @@ def exact_search(model, tokenizer, text: str, *, beam: int | None = None, prune:
     ``max_states`` refuses (ConfigError) a search that would run more states than that at one byte position:
     every live state holds a KV cache, and an unbounded exact sum over a real vocabulary grows exponentially
     (it exhausts 24 GB of RAM on a 135M model within 20 bytes). ``max_batch`` caps the rows of one model call.
+    ``lossy_text`` as for :func:`~mergekd.bytes.teacher_byte_logprobs_batch`: with ``"mask"`` the search runs
+    over the normalised text the tokens spell, and rows map back to the text bytes the fast rule keeps (the
+    same byte map, so both rules mask the same rows); ``max_bytes`` then counts bytes of that normalised text.
     """
     if beam is not None and beam < 1:
         raise ConfigError(f"beam={beam} must be ≥ 1 (or None for the exact sum)")
@@ -324,7 +330,7 @@ def exact_search(model, tokenizer, text: str, *, beam: int | None = None, prune:
     check_vocab_match(vocab, width)
     index = trie_index_for(vocab, width, "cpu")
     eos = index.eos_ids
-    stream, context, start, dummy = _context(vocab, text)
+    stream, context, start, dummy, align = _context(vocab, text, lossy_text)
     num_text = len(stream) - dummy
     truncated = max_bytes is not None and max_bytes < num_text
     if truncated:
@@ -368,7 +374,7 @@ def exact_search(model, tokenizer, text: str, *, beam: int | None = None, prune:
     finally:
         model.train(was_training)
 
-    targets = _assemble(cover, stream, dummy, start, text.encode("utf-8"), truncated)
+    targets = _assemble(cover, stream, dummy, start, align, truncated)
     return ExactResult(targets, states, runner.calls, time.perf_counter() - t0, widest, runner.use_cache)
 
 
@@ -399,9 +405,11 @@ def _extend(pending: list[_Pending], walk: _Walk, i: int, batch: list[_State], l
             target.logps.append(child_logp[h][c])
 
 
-def _assemble(cover: torch.Tensor, stream: bytes, dummy: int, start: int, text_bytes: bytes,
+def _assemble(cover: torch.Tensor, stream: bytes, dummy: int, start: int, align: Alignment,
               truncated: bool) -> ByteTargets:
-    """Normalise cover masses into ByteTargets rows (text byte j ↔ stream position j + dummy)."""
+    """Normalise cover masses into ByteTargets rows (text byte j ↔ stream position j + dummy, or
+    ``align.byte_map[j]`` when the normaliser changed the text)."""
+    text_bytes = align.text_bytes
     num_text = len(text_bytes)
     n_rows = len(stream) - dummy
     logprobs = torch.full((num_text, NUM_OUTCOMES), float("nan"), dtype=torch.float32)
@@ -410,23 +418,28 @@ def _assemble(cover: torch.Tensor, stream: bytes, dummy: int, start: int, text_b
     total = torch.logsumexp(rows, 1, keepdim=True)
     defined = torch.isfinite(total[:, 0]) & (torch.arange(n_rows) + dummy >= start)
     normalised = torch.cat([rows - total, torch.full_like(total, float("-inf"))], 1)
-    logprobs[:n_rows][defined] = normalised[defined].float()
-    mask[:n_rows] = defined
+    target = torch.arange(n_rows) if align.byte_map is None else align.byte_map[:n_rows]
+    defined &= target >= 0
+    logprobs[target[defined]] = normalised[defined].float()
+    mask[target[defined]] = True
     end = None
     if not truncated:
         final = cover[len(stream)]
         end = (final - torch.logsumexp(final, 0)).float() if torch.isfinite(final).any() else None
-    return ByteTargets(logprobs=logprobs, mask=mask, text_bytes=text_bytes, end_logprobs=end)
+    return ByteTargets(logprobs=logprobs, mask=mask, text_bytes=text_bytes, end_logprobs=end,
+                       masked_lossy=align.masked_lossy)
 
 
 def exact_byte_logprobs(model, tokenizer, text: str, *, beam: int | None = None, prune: float = 0.0,
                         vocab: ByteVocab | None = None, max_bytes: int | None = None,
-                        use_cache: bool = True, max_states: int | None = 1024) -> ByteTargets:
+                        use_cache: bool = True, max_states: int | None = 1024,
+                        lossy_text: str = "refuse") -> ByteTargets:
     """Next-byte log-probs of the byte LM that ``model`` defines, summed over all covering tokenizations.
 
     Same shape and conventions as :func:`~mergekd.bytes.teacher_byte_logprobs` (float32 [N, 257], column 256 =
     end of text, ``mask`` True where defined, ``end_logprobs`` after the last byte). ``beam=None`` and
     ``prune=0`` give the exact sum; see the module docstring for the search and its cost (short texts only).
+    ``lossy_text`` decides a text the tokenizer's normaliser changes (see :func:`exact_search`).
     """
     return exact_search(model, tokenizer, text, beam=beam, prune=prune, vocab=vocab, max_bytes=max_bytes,
-                        use_cache=use_cache, max_states=max_states).targets
+                        use_cache=use_cache, max_states=max_states, lossy_text=lossy_text).targets

@@ -7,6 +7,7 @@ Public API::
     targets.logprobs   # float32 [N, 257]: row j = P(byte j | bytes < j); column 256 = end of text
     targets.mask       # bool [N]: rows that are defined (the covering token has a predicting position)
     targets.end_logprobs  # float32 [257]: what follows the last byte (column 256 = end of sequence)
+    targets.masked_lossy  # rows masked because the tokenizer's normaliser changed the text there (lossy_text=mask)
 
 Long texts (more tokens than ``max_length``) are split into windows of ``max_length`` tokens that overlap by
 ``overlap`` tokens (default: half a window). Each window starts with the tokenizer's leading special tokens
@@ -36,6 +37,9 @@ class ByteTargets:
     mask: torch.Tensor  # bool [N]
     text_bytes: bytes
     end_logprobs: torch.Tensor | None = None  # float32 [257]
+    # rows left undefined because the tokenizer's normaliser changed the text there (lossy_text="mask"), so
+    # a report can say how much of the text a teacher could not score exactly; 0 for text it leaves alone
+    masked_lossy: int = 0
 
     @property
     def num_bytes(self) -> int:
@@ -150,7 +154,11 @@ def _plan_windows(text_index: int, ids: list[int], lengths: torch.Tensor, max_le
 
 def _rows_for_tokens(align: Alignment, index: ByteTrieIndex, lead: int, body_idx: torch.Tensor,
                      logit_row: torch.Tensor):
-    """Byte rows (text byte, logits row, trie node, actual byte) for the given body tokens, vectorised."""
+    """Byte rows (text byte, logits row, trie node) for the given body tokens, vectorised.
+
+    For a text the normaliser changed (``align.byte_map``), token bytes index the normalised text: they are
+    mapped back to text bytes, and bytes without an exact counterpart (-1) get no row.
+    """
     tok = lead + body_idx
     ids = align.token_ids[tok]
     start = align.token_start[tok]
@@ -161,17 +169,23 @@ def _rows_for_tokens(align: Alignment, index: ByteTrieIndex, lead: int, body_idx
     within = torch.arange(owner.numel()) - (torch.cumsum(counts, 0) - counts)[owner]
     offset = within + skip[owner]
     text_pos = start[owner] + offset
+    if align.byte_map is not None:
+        text_pos = align.byte_map[text_pos]
+        keep = text_pos >= 0
+        owner, offset, text_pos = owner[keep], offset[keep], text_pos[keep]
     node = index.nodes_for(ids[owner], offset)
     return text_pos, logit_row[owner], node
 
 
 def teacher_byte_logprobs_batch(model, tokenizer, texts: list[str], *, vocab: ByteVocab | None = None,
                                 max_length: int | None = None, overlap: int | None = None,
-                                batch_size: int = 8, progress=None) -> list[ByteTargets]:
+                                batch_size: int = 8, progress=None, lossy_text: str = "refuse") -> list[ByteTargets]:
     """Byte targets of ``model`` for each text (see module docstring). Runs under ``torch.no_grad``.
 
     ``batch_size`` windows go through the model at once (right-padded). ``progress``, if given, is called
-    with the number of windows finished after each batch.
+    with the number of windows finished after each batch. ``lossy_text`` decides a text the tokenizer's
+    normaliser (NFC) would change: ``"refuse"`` raises UnnormalisedTextError, ``"mask"`` masks the rows of the
+    tokens touching a changed segment and counts them in ``ByteTargets.masked_lossy`` (other rows are exact).
     """
     vocab = vocab or byte_vocab_for(tokenizer)
     width = model_vocab_width(model)
@@ -185,7 +199,7 @@ def teacher_byte_logprobs_batch(model, tokenizer, texts: list[str], *, vocab: By
     if not 0 <= overlap < max_length:
         raise ConfigError(f"overlap={overlap} must be in [0, max_length={max_length})")
 
-    aligns = [vocab.align(t) for t in texts]
+    aligns = [vocab.align(t, lossy_text=lossy_text) for t in texts]
     windows: list[_Window] = []
     leads = []
     for i, al in enumerate(aligns):
@@ -231,10 +245,12 @@ def teacher_byte_logprobs_batch(model, tokenizer, texts: list[str], *, vocab: By
     results = []
     for al, lp, mask, end in zip(aligns, out_logprobs, out_mask, out_end):
         lp[~mask] = float("nan")
-        results.append(ByteTargets(logprobs=lp, mask=mask, text_bytes=al.text_bytes, end_logprobs=end))
+        results.append(ByteTargets(logprobs=lp, mask=mask, text_bytes=al.text_bytes, end_logprobs=end,
+                                   masked_lossy=al.masked_lossy))
     return results
 
 
 def teacher_byte_logprobs(model, tokenizer, text: str, **kwargs) -> ByteTargets:
-    """Byte targets of ``model`` (a causal LM) with its ``tokenizer`` for one ``text``."""
+    """Byte targets of ``model`` (a causal LM) with its ``tokenizer`` for one ``text`` (keywords as for
+    :func:`teacher_byte_logprobs_batch`, ``lossy_text`` included)."""
     return teacher_byte_logprobs_batch(model, tokenizer, [text], **kwargs)[0]

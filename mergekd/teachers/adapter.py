@@ -110,7 +110,7 @@ class Teacher:
                 group = list(texts[start:start + step])
                 out.extend(teacher_byte_logprobs_batch(
                     self.model, self.tokenizer, group, vocab=self.vocab, max_length=self.max_length,
-                    overlap=self.overlap, batch_size=step))
+                    overlap=self.overlap, batch_size=step, lossy_text=self.options.lossy_text))
                 if progress is not None:
                     progress(sum(len(t.encode("utf-8")) for t in group))
         return out
@@ -127,13 +127,14 @@ class Teacher:
         out: list[ByteTargets] = []
         for i, text in enumerate(texts):
             if positions is not None:
-                needed = len(self.vocab.align(text).token_ids) + 2
+                needed = len(self.vocab.align(text, lossy_text=self.options.lossy_text).token_ids) + 2
                 if needed > positions:
                     raise ConfigError(f"teacher {self.name!r}: text {i} needs {needed} tokens of context but the "
                                       f"model has {positions} positions; the exact byte rule does not window — "
                                       "use shorter texts (e.g. --seq-bytes) or byte_rule=canonical")
             out.append(exact_byte_logprobs(self.model, self.tokenizer, text, beam=rule.beam, prune=rule.prune,
-                                           vocab=self.vocab, max_states=rule.max_states))
+                                           vocab=self.vocab, max_states=rule.max_states,
+                                           lossy_text=self.options.lossy_text))
             if progress is not None:
                 progress(len(text.encode("utf-8")))
         return out

@@ -44,6 +44,10 @@ class TeacherOptions(BaseModel):
     byte_rule: str = Field(
         "canonical", description="token → byte rule: canonical (fast) or exact[:K=8;prune=0] (covering sum over "
                                  "tokenizations; ~0.1-0.3 s per byte on CPU, for short texts)")
+    lossy_text: Literal["refuse", "mask"] = Field(
+        "refuse", description="a text the tokenizer's NFC normaliser would change (not in NFC form): refuse "
+                              "(error naming the fix) or mask (rows of the tokens it changes are masked and "
+                              "counted in ByteTargets.masked_lossy; every other row stays exact)")
 
     @field_validator("device")
     @classmethod
