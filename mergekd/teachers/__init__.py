@@ -4,8 +4,9 @@
     with load_teacher("smollm2-135m") as teacher:          # or "hf:PATH_OR_ID", "gguf:FILE?dtype=bfloat16"
         targets = teacher.byte_targets(["Some text.", "More text."])   # list[ByteTargets]
 
-Built-in teachers live in the top-level ``teachers`` package; plugins register more through the entry-point
-group ``mergekd.teachers`` (see :mod:`mergekd.teachers.registry`).
+Built-in teachers are data: one YAML file each in the repository's ``teachers/`` folder (read by
+:mod:`mergekd.teachers.builtin`); plugins register more through the entry-point group ``mergekd.teachers`` (see
+:mod:`mergekd.teachers.registry`).
 """
 
 from .adapter import Teacher, check_loadable, load_teacher
@@ -20,5 +21,6 @@ __all__ = [
     "registered_spec", "resolve_teacher",
 ]
 
-# Register the built-in teachers (kept in the top-level ``teachers`` package, next to their documentation).
-import teachers.builtin  # noqa: E402,F401
+from .builtin import register_builtins  # noqa: E402
+
+register_builtins(TEACHERS)

@@ -1,6 +1,6 @@
 """The teacher registry and the one function that turns a spec string into (name, spec, options).
 
-Built-in teachers are registered in the top-level ``teachers`` package (``teachers/builtin.py``); plugins add
+Built-in teachers are YAML files in the repository's ``teachers/`` folder (:mod:`mergekd.teachers.builtin`); plugins add
 theirs through the entry-point group ``mergekd.teachers``. A registered object is a :class:`TeacherSpec` or a
 zero-argument callable returning one (so a plugin can compute paths lazily)::
 
