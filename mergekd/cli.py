@@ -69,6 +69,9 @@ def _register_training_commands() -> None:
     from .commands.ablate_cmd import ablate_command
 
     app.command("ablate")(ablate_command)
+    from .commands.normalize_cmd import normalize_command
+
+    app.command("normalize")(normalize_command)
 
 
 _register_training_commands()

@@ -229,3 +229,26 @@ def test_lora_extra_is_declared():
     extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     assert any(req.startswith("peft") for req in extras["lora"])
+
+
+def test_normalize_writes_an_nfc_copy_and_never_touches_the_input(tmp_path):
+    import json
+    import unicodedata
+
+    src = tmp_path / "decomposed.jsonl"
+    src.write_text(json.dumps({"text": "cafe\u0301 au lait", "meta": {"n": 1}}) + "\n" + json.dumps({"text": "plain"})
+                   + "\n", encoding="utf-8")
+    before = snapshot(tmp_path)
+    done = run_cli("normalize", "--data", src, "--out", tmp_path / "nfc.jsonl", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "1 of 2 records changed" in done.stdout
+    rows = [json.loads(line) for line in (tmp_path / "nfc.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows[0] == {"text": unicodedata.normalize("NFC", "cafe\u0301 au lait"), "meta": {"n": 1}}
+    assert snapshot(tmp_path) == {**before, "nfc.jsonl": snapshot(tmp_path)["nfc.jsonl"]}
+    again = snapshot(tmp_path)
+    assert_refused(run_cli("normalize", "--data", src, "--out", tmp_path / "nfc.jsonl", cwd=tmp_path),
+                   "nfc.jsonl exists", "--force")
+    assert_refused(run_cli("normalize", "--data", src, "--out", src, cwd=tmp_path), "is the input file")
+    assert_refused(run_cli("normalize", "--data", src, "--out", tmp_path / "x", "--form", "NFX", cwd=tmp_path),
+                   "'NFX'")
+    assert snapshot(tmp_path) == again

@@ -348,8 +348,8 @@ def _describe_unnormalised(vocab: ByteVocab, data: bytes, spelled: bytes, ids) -
     form = vocab.normalizer
     return _mismatch_lines(vocab.name, data, spelled, ids, vocab) + (
         f"\nthe text is not in {form} form, and tokenizer {vocab.name!r} {form}-normalises its input, so its tokens "
-        f"spell the normalised text. Fix: {form}-normalise the input data first (unicodedata.normalize({form!r}, "
-        "text)), or set the teacher option lossy_text=mask (spec string NAME?lossy_text=mask) to mask the rows "
+        f"spell the normalised text. Fix: {form}-normalise the input data first (`mergekd normalize --form {form} "
+        f"--data IN --out OUT`, or unicodedata.normalize({form!r}, text)), or set the teacher option lossy_text=mask (spec string NAME?lossy_text=mask) to mask the rows "
         "of the tokens the normaliser changes.")
 
 

@@ -78,12 +78,14 @@ class TeacherOptions(BaseModel):
         return getattr(torch, self.dtype)
 
     def check_device_available(self, where: str) -> None:
-        """Refuse a device this machine does not have, before minutes are spent loading weights."""
-        kind = torch.device(self.device).type
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"{where}: device={self.device!r} but CUDA is not available here; use device=cpu")
-        if kind == "mps" and not torch.backends.mps.is_available():
-            raise ConfigError(f"{where}: device={self.device!r} but MPS is not available here; use device=cpu")
+        """Refuse a device this machine does not have (or a cuda:N past its GPUs), before minutes are spent
+        loading weights."""
+        from ..devices import check_device
+
+        try:
+            check_device(self.device, "teacher_device")
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: device={exc}") from None
 
 
 OPTION_NAMES = tuple(TeacherOptions.model_fields)

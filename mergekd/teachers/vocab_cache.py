@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bytes import ByteVocab
-from ..bytes.vocab import LOSSLESS_PROBE
+from ..io import write_with
 from ..errors import MergekdError
 
 VOCAB_FILE = "mergekd-byte-vocab.npz"
@@ -28,10 +28,11 @@ def save_byte_vocab(vocab: ByteVocab, folder: Path) -> None:
     special = np.array([b is None for b in vocab.token_bytes], dtype=np.bool_)
     blob = np.frombuffer(b"".join(b for b in vocab.token_bytes if b is not None), dtype=np.uint8)
     meta = {"name": vocab.name, "scheme": vocab.scheme, "eos_ids": list(vocab.eos_ids),
-            "adds_dummy_prefix": vocab.adds_dummy_prefix, "fingerprint": vocab.fingerprint()}
-    with open(folder / VOCAB_FILE, "wb") as fh:
-        np.savez(fh, lengths=lengths, special=special, blob=blob,
-                 meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8))
+            "adds_dummy_prefix": vocab.adds_dummy_prefix, "fingerprint": vocab.fingerprint(),
+            "normalizer": vocab.normalizer}
+    write_with(folder / VOCAB_FILE, lambda fh: np.savez(
+        fh, lengths=lengths, special=special, blob=blob,
+        meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)))
 
 
 def load_byte_vocab(folder: Path, tokenizer) -> ByteVocab | None:
@@ -51,10 +52,11 @@ def load_byte_vocab(folder: Path, tokenizer) -> ByteVocab | None:
         token_bytes = [None if sp else blob[s:e] for s, e, sp in zip(starts, ends, special.tolist())]
         vocab = ByteVocab(name=meta["name"], scheme=meta["scheme"], token_bytes=token_bytes,
                           eos_ids=tuple(int(i) for i in meta["eos_ids"]),
-                          adds_dummy_prefix=bool(meta["adds_dummy_prefix"]), tokenizer=tokenizer)
+                          adds_dummy_prefix=bool(meta["adds_dummy_prefix"]), tokenizer=tokenizer,
+                          normalizer=meta.get("normalizer"))
         if vocab.fingerprint() != meta["fingerprint"]:
             return None
-        vocab.align(LOSSLESS_PROBE)  # raises if the tokenizer does not spell the probe through this map
+        vocab.align(vocab.probe_text)  # raises if the tokenizer does not spell the probe through this map
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, MergekdError):
         return None
     return vocab
