@@ -29,6 +29,7 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from .data import chunk_text, read_documents
+from .signal import actual_bytes  # noqa: F401  (re-exported: score's callers use it)
 from .errors import ConfigError, EmptyTextError, NonFiniteError
 
 DEFAULT_CHUNK_BYTES = 4096
@@ -138,11 +139,6 @@ def _pieces(docs: list[str], chunk_bytes: int, max_bytes: int | None):
                 return
             yield piece
             budget -= size
-
-
-def actual_bytes(texts: Sequence[str]) -> torch.Tensor:
-    """The realised byte of every row of the concatenated texts: [N] long."""
-    return torch.frombuffer(bytearray(b"".join(t.encode("utf-8") for t in texts)), dtype=torch.uint8).long()
 
 
 def bits_per_byte(logprobs: torch.Tensor, mask: torch.Tensor, actual: torch.Tensor, who: str) -> tuple[float, int]:

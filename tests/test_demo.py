@@ -66,8 +66,8 @@ def test_demo_report_matches_its_files(demo_run):
     assert report["gain_bits_per_byte"] == pytest.approx(ce["byte_bpb"] - distilled["byte_bpb"])
     # the distilled run really trained from the cache with the byte head; the CE-only run had no teacher
     card = (Path(distilled["folder"]) / "README.md").read_text()
-    assert "byte head" in card and "token-trie" in card and "gpt2" in card
-    assert "token CE only" in (Path(ce["folder"]) / "README.md").read_text()
+    assert "byte head: parallel" in card and "trie_kl × 1" in card and "kl × 0.5" in card and "gpt2" in card
+    assert "token_ce × 1 (baseline: no teachers)" in (Path(ce["folder"]) / "README.md").read_text()
     # each run lives in a folder named by its config fingerprint, under ce-only/ and distilled/
     assert Path(ce["folder"]).parent.parent == out / "ce-only"
     assert Path(distilled["folder"]).parent.parent == out / "distilled"

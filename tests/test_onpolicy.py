@@ -24,14 +24,20 @@ STUDENT = "new:llama?tokenizer=mistral-v3&layers=1&hidden=32&heads=2&ctx=256"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tokenizers):
-    """Two in-memory teachers of different tokenizers, plain-text and prompt/response data, a base config."""
+    """Two tiny teachers of different tokenizers (saved as hf: folders and also held in memory, so runs reuse them
+    without reloading), plain-text and prompt/response data, a base config."""
     from mergekd.assets import read_text
     from mergekd.teachers.adapter import Teacher
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("onpolicy")
-    teachers = [Teacher(f"tiny-{name}", tiny_causal_lm(len(tokenizers(name)), seed=20 + i, logit_scale=0.5),
-                        tokenizers(name)) for i, name in enumerate(["gpt2", "mistral-v1"])]
+    teachers = []
+    for i, name in enumerate(["gpt2", "mistral-v1"]):
+        model = tiny_causal_lm(len(tokenizers(name)), seed=20 + i, logit_scale=0.5)
+        folder = root / f"tiny-{name}"  # saved, so the run's teacher specs are real, validated hf: specs
+        model.save_pretrained(str(folder))
+        tokenizers(name).save_pretrained(str(folder))
+        teachers.append(Teacher(f"hf:{folder}", model, tokenizers(name)))
     text = read_text("botchan")
     (root / "train.txt").write_text(text[:4000])
     lines = text[4000:9000].split("\n")
@@ -212,7 +218,9 @@ def test_config_and_data_errors_name_the_field_and_line(world, tokenizers):
         with pytest.raises(ConfigError, match=r"on_policy: .*between 0 and 1"):
             _cfg(world, data=train, out="x", on_policy=bad)
     with pytest.raises(ConfigError, match="on_policy: on-policy batches are scored by teachers"):
-        _cfg(world, data=train, out="x", on_policy=1, teachers=[])
+        _cfg(world, data=train, out="x", on_policy=1, teachers=[], kl_weight=None)  # weights at their defaults
+    with pytest.raises(ConfigError, match="kl_weight=1 needs teacher rows"):
+        _cfg(world, data=train, out="x", on_policy=1, teachers=[])  # a weight set without teachers: refused
     with pytest.raises(ConfigError, match="kl_weight"):
         _cfg(world, data=train, out="x", on_policy=1, kl_weight=0)
     with pytest.raises(ConfigError, match="prompt_bytes"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import TEACHER_ONLY, axes_of
 from ..io import write_atomic
-from .run import Plan
+from .plan import Plan
 
 
 def _baseline_key(values: dict) -> str:

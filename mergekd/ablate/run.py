@@ -22,15 +22,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..cache.identity import sha256_file
 from ..io import move_aside, write_atomic, write_json
 from ..errors import ConfigError
-from .config import PATH_FIELDS, AblationConfig, Cell, expand_cells, load_ablation, teacher_labels
+from .config import PATH_FIELDS, AblationConfig, Cell, expand_cells, load_ablation
 from .data import check_disjoint, is_asset, materialize, target_path
+from .plan import Plan
 
 FINGERPRINT_EXCLUDE = {"out", "cache", "device", "save_every", "keep_checkpoints", "log_every", *PATH_FIELDS}
 # How a held-out text is scored (mergekd.evaluate.evaluate_file): part of the evaluation key, so a change in
@@ -44,30 +45,6 @@ def _resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@dataclass
-class Plan:
-    """What a run will do: the cells, and for each cache group (cells sharing data and chunking) its teachers."""
-
-    config: AblationConfig
-    out: Path
-    cells: list[Cell]
-    groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # cache key → {specs, cache path, sample cfg}
-    cell_group: dict[str, str] = field(default_factory=dict)  # cell id → cache key
-    online: list[str] = field(default_factory=list)  # teacher cells that cannot use a cache (e.g. on-policy)
-
-    @property
-    def teachers(self) -> list[str]:
-        return list(dict.fromkeys(t for c in self.cells for t in c.teachers))
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return teacher_labels(self.teachers, self.config.labels)
-
-    @property
-    def eval_files(self) -> list[Path]:
-        return list(dict.fromkeys(Path(c.config.eval_data) for c in self.cells))
 
 
 def _group_key(cell: Cell) -> tuple:

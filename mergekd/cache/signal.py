@@ -1,6 +1,6 @@
 """CachedSignal: the teacher signal of a distillation run, read from a byte cache instead of live teachers.
 
-Same interface as :class:`mergekd.distill.signal.TeacherSignal` (``signal(texts, indices)``, ``per_teacher``,
+Same contract as every source (:mod:`mergekd.signal`) and as :class:`mergekd.distill.signal.TeacherSignal` (``signal(texts, indices)``, ``per_teacher``,
 ``mixer``, ``names``), so the loop cannot tell the difference — except that no teacher is in memory and a step
 costs a few milliseconds of decoding instead of K forward passes. The cache is matched against the run when it
 is opened: the same data chunks (file hash, ``seq_bytes``, chunk hash), the same teachers in the same order,
@@ -12,15 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..bytes import ByteTargets
-from ..distill.signal import mix_per_text
 from ..errors import ConfigError
+from ..signal import MixingSignal
 from .identity import data_identity
 from .manifest import (Manifest, check_complete, check_data, check_rule, check_teacher_options, check_teachers,
                        read_manifest)
 from .reader import ShardStore
 
 
-class CachedSignal:
+class CachedSignal(MixingSignal):
     """Teacher targets from ``cache`` for the run ``cfg`` (a DistillConfig or anything with ``teachers``,
     ``data``, ``seq_bytes`` and ``mix``).
 
@@ -73,10 +73,6 @@ class CachedSignal:
                 per_text.append(ByteTargets(logprobs=logprobs, mask=mask, text_bytes=data))
             out.append(per_text)
         return out
-
-    def __call__(self, texts: list[str], indices: list[int] | None = None):
-        """Mixture rows of the texts, concatenated: (logprobs float [ΣN, 257], mask bool [ΣN])."""
-        return mix_per_text(self.mixer, texts, self.per_teacher(texts, indices))
 
     def __repr__(self) -> str:
         return f"CachedSignal({str(self.cache)!r}, teachers={self.names})"

@@ -37,6 +37,11 @@ def distill_command(
     trie_kl_depth: Optional[int] = typer.Option(None, help="byte offsets per student token the trie term covers: "
                                                            "1 = first byte only, 0 = up to --byte-offsets (0)"),
     kl_loss: Optional[str] = typer.Option(None, help="forward-kl, reverse-kl or jsd"),
+    term: Optional[list[str]] = typer.Option(
+        None, "--term", metavar="NAME[:k=v,...]",
+        help="objective term (repeatable): the whole loss as a list of registered terms, e.g. --term token_ce "
+             "--term trie_kl:weight=3,divergence=jsd; replaces the weight flags. Terms: token_ce, byte_ce, kl, "
+             "trie_kl and plugins (entry-point group mergekd.objective_terms)"),
     temperature: Optional[float] = typer.Option(None),
     save_every: Optional[int] = typer.Option(None), device: Optional[str] = typer.Option(None),
     mixed_precision: Optional[str] = typer.Option(None), teacher_placement: Optional[str] = typer.Option(None),
@@ -63,11 +68,12 @@ def distill_command(
     On-policy (half the batches sampled by the student, reverse KL as GKD recommends):
              mergekd distill ... --on-policy 0.5 --kl-loss reverse-kl --max-new-tokens 64
     """
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "ce_only", "quiet")}
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "ce_only", "quiet", "term")}
+    overrides["objective"] = list(term) if term else None
     from ..distill import distill, load_config
 
     if ce_only:
-        clash = [f"--{k.replace('_', '-')}" for k in ("teachers", "cache", "kl_weight", "trie_kl_weight",
+        clash = [f"--{k.replace('_', '-')}" for k in ("teachers", "cache", "kl_weight", "trie_kl_weight", "objective",
                                                      "byte_ce_weight", "mix", "fit_data", "on_policy")
                  if overrides.get(k) not in (None, 0, 0.0)]
         if clash:

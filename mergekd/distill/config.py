@@ -18,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import ConfigError, one_line
 
 
+# The weight flags that expand into the objective's term list when no explicit ``objective`` is given.
+OBJECTIVE_FLAGS = ("token_ce_weight", "byte_ce_weight", "kl_weight", "trie_kl_weight", "trie_kl_depth", "kl_loss",
+                   "temperature")
+
+
 class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -53,8 +58,12 @@ class DistillConfig(BaseModel):
                                   "softmax itself")
     trie_kl_depth: int = Field(0, ge=0, le=64, description="byte offsets of each student token the trie term "
                                "covers: 1 = the first byte only, 0 = every offset up to byte_offsets")
-    kl_loss: str = "forward-kl"
-    temperature: float = Field(1.0, gt=0)
+    kl_loss: str = Field("forward-kl", description="divergence of the KL terms: forward-kl, reverse-kl, jsd")
+    temperature: float = Field(1.0, gt=0, description="softens both distributions in the KL terms")
+    objective: list[str | dict] | None = Field(
+        None, description="the loss as a list of registered terms, e.g. [{term: token_ce}, {term: trie_kl, "
+                          "weight: 3}] (CLI: --term trie_kl:weight=3, repeatable); when given it replaces the "
+                          "weight flags (token_ce_weight, byte_ce_weight, kl_weight, trie_kl_*, kl_loss, temperature)")
 
     save_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -161,13 +170,57 @@ class DistillConfig(BaseModel):
     @property
     def uses_teacher_rows(self) -> bool:
         """A term reads the teachers' rows: only then are teachers loaded or a cache opened."""
-        return self.has_teacher_rows and (self.kl_weight > 0 or self.trie_kl_weight > 0)
+        return self.has_teacher_rows and any(t.needs_teacher_rows and t.weight > 0 for t in self.terms())
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _known_terms(cls, v):
+        if v is None:
+            return v
+        from ..objective import build_terms
+
+        terms = build_terms(v)  # names, options and duplicates checked here; a string may hold several terms
+        return [t.spec() for t in terms]
+
+    def terms(self):
+        """The objective as term instances: the ``objective`` list, or the weight flags expanded into one."""
+        from .objective import LossWeights, terms_from_weights
+
+        if self.objective is not None:
+            from ..objective import build_terms
+
+            return build_terms(self.objective)
+        return terms_from_weights(LossWeights(self.token_ce_weight, self.byte_ce_weight, self.kl_weight,
+                                              self.kl_loss, self.temperature, self.trie_kl_weight,
+                                              self.trie_kl_depth))
+
+    def _check_objective_list(self) -> None:
+        """An explicit term list replaces the weight flags: setting both is refused, and every term that reads
+        teacher rows needs teachers (or a cache), and given teachers need a term that reads them."""
+        flags = sorted(self.model_fields_set & set(OBJECTIVE_FLAGS))
+        if flags:
+            raise ValueError(f"objective: a term list replaces {', '.join(flags)}; set the weights inside the "
+                             "list (e.g. {term: trie_kl, weight: 3}) or drop the list")
+        terms = self.terms()
+        readers = [t.name for t in terms if t.needs_teacher_rows and t.weight > 0]
+        if readers and not self.has_teacher_rows:
+            raise ValueError(f"objective: term {', '.join(readers)} reads teacher rows, but no teachers or cache "
+                             "are given; add --teachers (or --cache) or drop the term")
+        if self.has_teacher_rows and not readers:
+            raise ValueError("objective: teachers are given but no term with weight > 0 reads their rows; add "
+                             "e.g. {term: trie_kl, weight: 3} or drop the teachers")
+        deepest = max((getattr(t.options, "depth", 0) for t in terms), default=0)
+        if deepest > self.byte_offsets:
+            raise ValueError(f"objective: a term covers {deepest} byte offsets per token, but batches carry "
+                             f"byte_offsets={self.byte_offsets}; raise --byte-offsets or lower the depth")
 
     def _check_teacher_terms(self) -> None:
         """Teacher terms without teachers, or teachers that no term reads: refused, never silently dropped.
 
         Without teachers the *defaults* of the teacher terms (kl_weight 0.1, byte_ce_weight 1) do not apply (a
         plain run is the CE-only baseline, as documented on the fields); a weight the user set is refused."""
+        if self.objective is not None:
+            return self._check_objective_list()
         explicit = self.model_fields_set
         if not self.has_teacher_rows:
             for name in ("kl_weight", "trie_kl_weight"):
@@ -220,9 +273,10 @@ class DistillConfig(BaseModel):
         if not self.teachers:
             raise ValueError("on_policy: on-policy batches are scored by teachers; give --teachers or set "
                              "on_policy 0")
-        if self.kl_weight == 0 and self.trie_kl_weight == 0:
+        if not any(t.needs_teacher_rows and t.weight > 0 for t in self.terms()):
             raise ValueError("kl_weight: on-policy batches learn only from the teachers' divergence on the "
-                             "student's samples, so kl_weight or trie_kl_weight must be > 0 (or set on_policy 0)")
+                             "student's samples, so kl_weight or trie_kl_weight (or a teacher term in the "
+                             "objective) must be > 0 (or set on_policy 0)")
         if self.prompt_bytes >= self.seq_bytes:
             raise ValueError(f"prompt_bytes: {self.prompt_bytes} must be smaller than seq_bytes ({self.seq_bytes}) "
                              "so the continuation has room; lower --prompt-bytes")
@@ -239,7 +293,9 @@ class DistillConfig(BaseModel):
                                                        *(generation if self.on_policy == 0 else ()),
                                                        *(("byte_rule",) if self.byte_rule == "canonical" else ()),
                                                        *(("trie_kl_weight", "trie_kl_depth")
-                                                         if not self.trie_kl_weight else ())})
+                                                         if not self.trie_kl_weight else ()),
+                                                       *(("objective",) if self.objective is None else
+                                                         OBJECTIVE_FLAGS)})
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 

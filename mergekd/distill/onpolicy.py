@@ -211,8 +211,8 @@ def sample_bpb(student, prompts: Sequence[str], teachers: Sequence, *, tokenizer
         ``{"mixture": {"name", "bpb", "bytes"} | None, "teachers": {name: {"bpb", "bytes"}}, "sample_bytes": n,
         "trimmed_bytes": t, "samples": [{"prompt", "sample"}, ...]}``; BPB is NaN where no byte was scored.
     """
-    from ..score import actual_bytes, bits_per_byte
-    from .signal import mix_per_text
+    from ..score import bits_per_byte
+    from ..signal import actual_bytes, mix_per_text
 
     if isinstance(student, (str, Path)):
         from ..student import load_student

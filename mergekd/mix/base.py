@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import os
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ..errors import ConfigError
 from ..registry import Registry
@@ -72,8 +73,6 @@ class Mixer:
         if config is not None and options:
             raise ConfigError(f"give mixer {self.name!r} either a config object or keyword options, not both")
         if config is None:
-            from .spec import validate_options  # late import: spec imports this module
-
             config = validate_options(type(self), options)
         elif not isinstance(config, self.Config):
             raise ConfigError(f"mixer {self.name!r} takes a {self.Config.__name__}, got {type(config).__name__}")
@@ -215,3 +214,33 @@ def per_teacher(mixer: Mixer, values: torch.Tensor | list[float]) -> dict[str, f
     """{teacher name: value} for a [K] tensor or list, for ``describe`` (non-finite → None: JSON has no NaN)."""
     values = [float(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
     return {name: (v if math.isfinite(v) else None) for name, v in zip(mixer.names(len(values)), values, strict=True)}
+
+
+# -- options ---------------------------------------------------------------------------------------------
+def _valid_keys(kind: type[Mixer]) -> str:
+    fields = kind.Config.model_fields
+    if not fields:
+        return f"mixer {kind.name!r} takes no options"
+    parts = []
+    for key, field in fields.items():
+        doc = f": {field.description}" if field.description else ""
+        parts.append(f"{key}{doc}")
+    return f"Valid options for {kind.name!r}: " + " | ".join(parts)
+
+
+def validate_options(kind: type[Mixer], options: Mapping[str, Any]):
+    """``kind.Config`` from raw options, with errors that name the option and list the valid ones."""
+    options = {str(k).strip().replace("-", "_"): v for k, v in options.items()}
+    try:
+        return kind.Config.model_validate(options)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            field = loc[0] if loc else "(options)"
+            item = f" item {int(loc[1]) + 1}" if len(loc) > 1 and loc[1].isdigit() else ""
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown option {field!r}")
+            else:
+                problems.append(f"option {field!r}{item}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"mixer {kind.name!r}: {'; '.join(problems)}. {_valid_keys(kind)}") from None

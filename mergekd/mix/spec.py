@@ -13,39 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from ..errors import ConfigError
-from .base import MIXERS, Mixer
-
-
-def _valid_keys(kind: type[Mixer]) -> str:
-    fields = kind.Config.model_fields
-    if not fields:
-        return f"mixer {kind.name!r} takes no options"
-    parts = []
-    for key, field in fields.items():
-        doc = f": {field.description}" if field.description else ""
-        parts.append(f"{key}{doc}")
-    return f"Valid options for {kind.name!r}: " + " | ".join(parts)
-
-
-def validate_options(kind: type[Mixer], options: Mapping[str, Any]):
-    """``kind.Config`` from raw options, with errors that name the option and list the valid ones."""
-    options = {str(k).strip().replace("-", "_"): v for k, v in options.items()}
-    try:
-        return kind.Config.model_validate(options)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = [str(p) for p in err["loc"]]
-            field = loc[0] if loc else "(options)"
-            item = f" item {int(loc[1]) + 1}" if len(loc) > 1 and loc[1].isdigit() else ""
-            if err["type"] == "extra_forbidden":
-                problems.append(f"unknown option {field!r}")
-            else:
-                problems.append(f"option {field!r}{item}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError(f"mixer {kind.name!r}: {'; '.join(problems)}. {_valid_keys(kind)}") from None
+from .base import MIXERS, Mixer, _valid_keys, validate_options  # noqa: F401  (validate_options re-exported)
 
 
 def parse_mix_spec(spec: str) -> tuple[str, dict[str, Any]]:
