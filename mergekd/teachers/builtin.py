@@ -13,6 +13,7 @@ inside PyPI packages (resolved by :data:`mergekd.assets.PACKAGED_TEACHERS` only 
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from typing import Literal
 
 import yaml
@@ -61,7 +62,7 @@ class BuiltinTeacherFile(BaseModel):
 def builtin_files() -> list[BuiltinTeacherFile]:
     """Every built-in teacher file, validated (a bad file is a ConfigError naming it and the field)."""
     out = []
-    for entry in sorted(resources.files(PACKAGE).iterdir(), key=lambda e: e.name):
+    for entry in sorted(_folder().iterdir(), key=lambda e: e.name):
         if not entry.name.endswith((".yaml", ".yml")):
             continue
         try:
@@ -69,6 +70,18 @@ def builtin_files() -> list[BuiltinTeacherFile]:
         except ValidationError as exc:
             raise one_line(exc, f"built-in teacher file {entry.name}") from None
     return out
+
+
+def _folder():
+    """The installed package data, or the repository's ``teachers/`` folder when mergekd runs from a source
+    checkout that was not installed (``PYTHONPATH=.``), where the package mapping does not exist."""
+    try:
+        return resources.files(PACKAGE)
+    except ModuleNotFoundError:
+        checkout = Path(__file__).resolve().parents[2] / "teachers"
+        if checkout.is_dir():
+            return checkout
+        raise
 
 
 def register_builtins(registry) -> None:
