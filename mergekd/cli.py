@@ -59,7 +59,7 @@ def _register_training_commands() -> None:
     app.command("distill")(distill_command)
     app.command("eval")(eval_command)
     from .commands.cache_cmd import cache_command
-    from .fidelity import fidelity_command
+    from .commands.fidelity_cmd import fidelity_command
 
     app.command("cache")(cache_command)
     app.command("fidelity")(fidelity_command)

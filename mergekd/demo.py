@@ -56,7 +56,11 @@ class DemoConfig:
     trie_kl_depth: int = 0
     seed: int = 0
     score_chunk_bytes: int = 1024
+    # the teacher-runtime group (same flags as score/cache/distill); the demo's window is 512 tokens (measured)
     teacher_max_length: int = 512
+    teacher_device: str | None = None
+    teacher_batch_size: int | None = None
+    byte_rule: str = "canonical"
 
     def check(self) -> None:
         if self.train_bytes < 4 * self.seq_bytes:
@@ -122,7 +126,7 @@ def _train(cfg_overrides: dict, log: Callable[[str], None], show_progress: bool)
 
 
 def _score(specs: list[str], heldout: Path, mix: str | None, chunk_bytes: int, fit: Path | None,
-           progress_factory) -> dict:
+           progress_factory, runtime: dict) -> dict:
     """Score with a progress display opened only for this call (rich allows one live display at a time, and
     the cache capture and the distillation loop open their own)."""
     from contextlib import nullcontext
@@ -130,7 +134,8 @@ def _score(specs: list[str], heldout: Path, mix: str | None, chunk_bytes: int, f
     from .score import score
 
     with (progress_factory() if progress_factory else nullcontext(None)) as progress:
-        return score(specs, heldout, mix=mix, fit_data=fit, chunk_bytes=chunk_bytes, progress=progress).to_json()
+        return score(specs, heldout, mix=mix, fit_data=fit, chunk_bytes=chunk_bytes, progress=progress,
+                     **runtime).to_json()
 
 
 def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print, show_progress: bool = True,
@@ -149,6 +154,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print, show_progre
     for spec in cfg.teachers:  # a missing teacher fails in a second, not after minutes of work
         check_loadable(resolve_teacher(spec))
     timings: dict[str, float] = {}
+    runtime = {"device": cfg.teacher_device, "batch_size": cfg.teacher_batch_size, "byte_rule": cfg.byte_rule}
 
     log(f"[1/5] data: {cfg.train_bytes:,} training bytes and {cfg.heldout_bytes:,} held-out bytes of {cfg.text!r}")
     train, heldout = prepare_data(cfg)
@@ -157,6 +163,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print, show_progre
     t0 = time.perf_counter()
     cache = cfg.out / "cache"
     capture_cache(cache, cfg.teachers, train, seq_bytes=cfg.seq_bytes, max_length=cfg.teacher_max_length,
+                  device=cfg.teacher_device or "cpu", batch_size=cfg.teacher_batch_size, byte_rule=cfg.byte_rule,
                   show_progress=show_progress)
     timings["cache"] = time.perf_counter() - t0
 
@@ -166,7 +173,7 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print, show_progre
     key = {"teachers": cfg.teachers, "mix": cfg.mix, "heldout": heldout.read_text(encoding="utf-8"),
            "chunk_bytes": cfg.score_chunk_bytes}
     teachers = _cached_json(teacher_json, key, lambda: _score(
-        cfg.teachers, heldout, cfg.mix, cfg.score_chunk_bytes, train, score_progress))
+        cfg.teachers, heldout, cfg.mix, cfg.score_chunk_bytes, train, score_progress, runtime))
     timings["teachers"] = time.perf_counter() - t0
 
     log(f"[4/5] students: CE-only and distilled, {cfg.steps} steps each ({cfg.student})")
@@ -176,14 +183,16 @@ def run_demo(cfg: DemoConfig, *, log: Callable[[str], None] = print, show_progre
     distilled = _train({**_run_overrides(cfg, train, heldout, "distilled"), "teachers": cfg.teachers,
                         "cache": str(cache), "mix": cfg.mix, "kl_weight": cfg.kl_weight,
                         "byte_ce_weight": cfg.byte_ce_weight, "kl_loss": cfg.kl_loss,
-                        "trie_kl_weight": cfg.trie_kl_weight, "trie_kl_depth": cfg.trie_kl_depth}, log,
+                        "trie_kl_weight": cfg.trie_kl_weight, "trie_kl_depth": cfg.trie_kl_depth,
+                        "byte_rule": cfg.byte_rule, "teacher_device": cfg.teacher_device,
+                        "teacher_batch_size": cfg.teacher_batch_size}, log,
                        show_progress)
     timings["students"] = time.perf_counter() - t0
 
     log("[5/5] report: every model scored the same way on the held-out text")
     t0 = time.perf_counter()
     students = _score([f"hf:{ce['final']}", f"hf:{distilled['final']}"], heldout, None, cfg.score_chunk_bytes,
-                      None, score_progress)
+                      None, score_progress, runtime)
     timings["report"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
 

@@ -26,11 +26,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from pathlib import Path
-from typing import Optional
 
 import torch
-import typer
 
 from .bytes import byte_vocab_for, teacher_byte_logprobs_batch
 from .bytes.exact import exact_search
@@ -254,33 +251,3 @@ def _print_report(report: dict) -> None:
                   f"{fmt(bpb['canonical_tokens'])}. Exact search: {cost['exact_states']} states, "
                   f"{cost['exact_model_calls']} model calls, {cost['exact_seconds']:.1f} s "
                   f"(fast rule {cost['fast_seconds']:.2f} s).")
-
-
-def fidelity_command(
-    teacher: str = typer.Option(..., "--teacher", help="teacher name (see `mergekd teachers`)"),
-    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="UTF-8 text: .txt (one document) or .jsonl with a 'text' field"),
-    positions: int = typer.Option(256, "--positions", min=1, help="byte positions to sample"),
-    beam: int = typer.Option(8, "--beam", min=1, help="covering hypotheses kept per byte (exact search)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", dir_okay=False, help="also write the report here"),
-    seed: int = typer.Option(0, "--seed", help="seed for passages and positions"),
-    passage_bytes: int = typer.Option(160, "--passage-bytes", min=8,
-                                      help="longest passage the exact search runs on"),
-) -> None:
-    """Fidelity of the fast byte rule: JSD/KL against exact covering byte probabilities, and BPB under each.
-
-    Example: mergekd fidelity --teacher smollm2-135m --data botchan.txt --positions 256 --json fidelity.json
-    """
-    from .data import read_documents
-    from .io import write_json
-    from .teachers import load_teacher
-
-    # the one data reader: .txt or .jsonl, non-UTF-8 or malformed input is one line naming the file
-    passages = sample_passages("\n\n".join(read_documents(data)), positions, passage_bytes, seed)
-    loaded = load_teacher(teacher)
-    report = fidelity_report(loaded.model, loaded.tokenizer, passages, positions=positions, beam=beam, seed=seed,
-                             vocab=getattr(loaded, "vocab", None))
-    report["teacher"] = teacher
-    report["data"] = str(data)
-    _print_report(report)
-    if json_out is not None:
-        write_json(json_out, report, indent=2)

@@ -209,17 +209,17 @@ def split_teachers(teachers: str | Sequence[str]) -> list[str]:
 def score(teachers: str | Sequence[str], data: Path | str, *, fit_data: Path | str | None = None,
           mix: str | None = DEFAULT_MIX, max_bytes: int | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
           device: str | None = None, batch_size: int | None = None, byte_rule: str | None = None,
-          progress: ScoreProgress | None = None) -> ScoreReport:
+          progress: ScoreProgress | None = None, max_length: int | None = None) -> ScoreReport:
     """Score ``data`` under each teacher and under their mixture ``mix`` (None or "none": no mixture).
 
     Everything that can be checked without loading a teacher (names, options, installed files, the mixer, the
-    data files) is checked first. ``device``/``batch_size``/``byte_rule`` are defaults for every teacher; options
+    data files) is checked first. ``device``/``batch_size``/``byte_rule``/``max_length`` are defaults for every teacher; options
     in a spec string win.
     """
     from .teachers import check_loadable, load_teacher, resolve_teacher
 
     progress = progress or _Silent()
-    overrides = {"device": device, "batch_size": batch_size, "byte_rule": byte_rule}
+    overrides = {"device": device, "batch_size": batch_size, "byte_rule": byte_rule, "max_length": max_length}
     resolved = [resolve_teacher(s, overrides) for s in split_teachers(teachers)]
     names = [r.name for r in resolved]
     dupes = sorted({n for n in names if names.count(n) > 1})

@@ -113,7 +113,7 @@ def _capture_shard(out: Path, manifest: Manifest, index: int, teacher, chunks: l
 def capture_cache(out: Path | str, teachers: Sequence[str], data: Path | str, *, top_k: int = 16,
                   tail: float = 1e-3, seq_bytes: int = 512, shard_chunks: int = 64, device: str = "cpu",
                   max_length: int | None = None, byte_rule: str = "canonical", show_progress: bool = True,
-                  console=None, on_shard: ShardCallback | None = None) -> Manifest:
+                  console=None, on_shard: ShardCallback | None = None, batch_size: int | None = None) -> Manifest:
     """Capture (or resume capturing) the byte cache of ``teachers`` over ``load_chunks(data, seq_bytes)``.
 
     Returns the final manifest. ``on_shard(teacher_index, start, stop)`` is called after each shard is on disk
@@ -152,7 +152,7 @@ def capture_cache(out: Path | str, teachers: Sequence[str], data: Path | str, *,
             bar.update(tasks[index], description=f"t{index} {record.spec} (loading)")
             rule = manifest.teacher_options.get("byte_rule", "canonical")
             teacher = load_teacher(record.spec, overrides={"device": device, "max_length": max_length,
-                                                           "byte_rule": rule})
+                                                           "byte_rule": rule, "batch_size": batch_size})
             try:
                 weights = weights_sha256(teacher.model)
                 _check_identity(record, teacher, weights, out)

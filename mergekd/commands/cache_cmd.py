@@ -5,33 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import typer
 
 from ..io import write_json
+from .options import plain, refuse_unused, require, teacher_runtime_options, with_options
 
 
-def cache_command(
-    teachers: str = typer.Option(..., help="comma-separated teacher specs, in run order, e.g. "
-                                           "smollm2-135m,gemma3-270m"),
-    data: Path = typer.Option(..., help="training text (.txt or .jsonl); the cache holds its chunks, in order"),
-    out: Path = typer.Option(..., help="cache folder (manifest.json + one shard folder per teacher)"),
-    top_k: int = typer.Option(16, help="at most this many bytes stored per byte row (1..255)"),
-    tail: float = typer.Option(1e-3, help="a row stops storing bytes once the rest holds at most this mass"),
-    seq_bytes: int = typer.Option(512, help="chunk size in bytes: must equal the distill run's --seq-bytes"),
-    shard_chunks: int = typer.Option(64, help="chunks per shard file (the unit of resume and of loading)"),
-    verify: bool = typer.Option(False, "--verify", help="check an existing cache: checksums, then recompute a sample "
-                                                       "of chunks and report KL(dense ‖ cached) per byte"),
-    device: str = typer.Option("cpu", help="device the teachers run on (cpu, cuda, mps)"),
-    max_length: Optional[int] = typer.Option(None, "--teacher-max-length", "--max-length", min=16,
-                                             help="teacher window in tokens (default: the teacher's own, "
-                                                  "min(model positions, 1024): the same default as score, distill, "
-                                                  "fidelity and ablate)"),
-    byte_rule: str = typer.Option("canonical", help="token → byte rule: canonical (fast) or exact:K=8 (covering "
-                                                    "sum over tokenizations, ~0.1-0.3 s per byte: short texts)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the summary / verify report here"),
-    sample: int = typer.Option(8, help="--verify: chunks recomputed per teacher"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
-) -> None:
+@with_options(
+    teacher_runtime_options(flags={"teacher_device": ("--teacher-device", "--device"),
+                                   "teacher_max_length": ("--teacher-max-length", "--max-length")}),
+    [plain("data", None, "--data", help="training text (.txt or .jsonl); the cache holds its chunks, in order",
+           annotation=Optional[Path]),
+     plain("out", None, "--out", help="cache folder (manifest.json + one shard folder per teacher)",
+           annotation=Optional[Path]),
+     plain("top_k", 16, "--top-k", help="at most this many bytes stored per byte row (1..255)"),
+     plain("tail", 1e-3, "--tail", help="a row stops storing bytes once the rest holds at most this mass"),
+     plain("seq_bytes", 512, "--seq-bytes", help="chunk size in bytes: must equal the distill run's --seq-bytes"),
+     plain("shard_chunks", 64, "--shard-chunks", help="chunks per shard file (the unit of resume and of loading)"),
+     plain("verify", False, "--verify", help="check an existing cache: checksums, then recompute a sample of chunks "
+                                             "and report KL(dense ‖ cached) per byte"),
+     plain("json_out", None, "--json", help="write the summary / verify report here", annotation=Optional[Path]),
+     plain("sample", 8, "--sample", help="--verify: chunks recomputed per teacher"),
+     plain("quiet", False, "--quiet", help="no progress bar")])
+def cache_command(**options) -> None:
     """Capture each teacher's next-byte distributions once (one teacher in memory at a time); rerun to resume.
 
     Example: mergekd cache --teachers smollm2-135m,gemma3-270m --data train.txt --out runs/cache
@@ -42,10 +37,17 @@ def cache_command(
 
     from ..cache import capture_cache, verify_cache
 
+    teachers, data, out = require(options, "teachers", "data", "out")
+    device = options["teacher_device"] or "cpu"
+    max_length, byte_rule = options["teacher_max_length"], options["byte_rule"] or "canonical"
+    top_k, tail, seq_bytes, quiet = options["top_k"], options["tail"], options["seq_bytes"], options["quiet"]
+    json_out = options["json_out"]
     console = Console()
     specs = [t.strip() for t in teachers.split(",") if t.strip()]
-    if verify:
-        report = verify_cache(out, specs, data, seq_bytes=seq_bytes, sample=sample, device=device,
+    if options["verify"]:
+        refuse_unused(options, ("byte_rule", "teacher_batch_size"), "cache --verify",
+                      "verification recomputes chunks with the rule and settings recorded in the cache")
+        report = verify_cache(out, specs, data, seq_bytes=seq_bytes, sample=options["sample"], device=device,
                               max_length=max_length, progress=None if quiet else console.print)
         table = Table("teacher", "rows", "mean KL (nats/byte)", "max KL", "mask mismatch", "bytes/text byte")
         for t in report["teachers"]:
@@ -57,8 +59,8 @@ def cache_command(
         payload = report
     else:
         manifest = capture_cache(out, specs, data, top_k=top_k, tail=tail, seq_bytes=seq_bytes,
-                                 shard_chunks=shard_chunks, device=device, max_length=max_length,
-                                 byte_rule=byte_rule,
+                                 shard_chunks=options["shard_chunks"], device=device, max_length=max_length,
+                                 byte_rule=byte_rule, batch_size=options["teacher_batch_size"],
                                  show_progress=not quiet, console=console)
         payload = manifest.summary()
         table = Table("teacher", "bytes stored", "bytes/text byte", "entries/row")

@@ -6,30 +6,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-import typer
-
 from ..demo import DEFAULT_STUDENT, DemoConfig
+from .options import plain, teacher_runtime_options, with_options
 
 
-def demo_command(
-    out: Path = typer.Option(Path("runs/demo"), help="output folder (data, cache, runs, demo.json, demo.md)"),
-    teachers: str = typer.Option("smollm2-135m,gemma3-270m", help="comma-separated teacher specs"),
-    student: str = typer.Option(DEFAULT_STUDENT, help="student spec (a fresh model with a third tokenizer)"),
-    text: str = typer.Option("botchan", help="offline public-domain text: botchan, hamlet, lear, tempest"),
-    train_bytes: int = typer.Option(32_000, help="training bytes (the start of the text)"),
-    heldout_bytes: int = typer.Option(8_000, help="held-out bytes (the end of the text)"),
-    steps: int = typer.Option(200, help="optimizer steps of each student"),
-    mix: str = typer.Option("linear", help="mixer spec, e.g. linear, learned, product"),
-    kl_weight: float = typer.Option(0.0, help="weight of KL(mixture ‖ byte head)"),
-    byte_ce_weight: float = typer.Option(0.0, help="weight of the byte head's CE on the text's bytes"),
-    trie_kl_weight: float = typer.Option(3.0, help="weight of KL(mixture ‖ the byte rows of the student's own "
-                                                   "token softmax) at every byte of its tokens"),
-    trie_kl_depth: int = typer.Option(0, help="byte offsets per student token the trie term covers (1 = first "
-                                              "byte only, 0 = all)"),
-    seed: int = typer.Option(0, help="seed of both student runs"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also copy the report here"),
-) -> None:
+@with_options(
+    teacher_runtime_options(),
+    [plain("out", Path("runs/demo"), "--out", help="output folder (data, cache, runs, demo.json, demo.md)"),
+     plain("student", DEFAULT_STUDENT, "--student", help="student spec (a fresh model with a third tokenizer)"),
+     plain("text", "botchan", "--text", help="offline public-domain text: botchan, hamlet, lear, tempest"),
+     plain("train_bytes", 32_000, "--train-bytes", help="training bytes (the start of the text)"),
+     plain("heldout_bytes", 8_000, "--heldout-bytes", help="held-out bytes (the end of the text)"),
+     plain("steps", 200, "--steps", help="optimizer steps of each student"),
+     plain("mix", "linear", "--mix", help="mixer spec, e.g. linear, learned, product"),
+     plain("kl_weight", 0.0, "--kl-weight", help="weight of KL(mixture ‖ byte head)"),
+     plain("byte_ce_weight", 0.0, "--byte-ce-weight", help="weight of the byte head's CE on the text's bytes"),
+     plain("trie_kl_weight", 3.0, "--trie-kl-weight", help="weight of KL(mixture ‖ the byte rows of the student's "
+                                                          "own token softmax) at every byte of its tokens"),
+     plain("trie_kl_depth", 0, "--trie-kl-depth", help="byte offsets per student token the trie term covers "
+                                                       "(1 = first byte only, 0 = all)"),
+     plain("seed", 0, "--seed", help="seed of both student runs"),
+     plain("quiet", False, "--quiet", help="no progress bars"),
+     plain("json_out", None, "--json", help="also copy the report here", annotation=Optional[Path])])
+def demo_command(**options) -> None:
     """Distil SmolLM2-135M + Gemma-3-270m into a fresh student, offline, and compare with CE-only (≈8 min on
     2 CPU cores; rerun to resume).
 
@@ -43,10 +42,12 @@ def demo_command(
     from .teachers import RichScoreProgress
 
     console = Console()
-    cfg = DemoConfig(out=out, teachers=[t.strip() for t in teachers.split(",") if t.strip()], student=student,
-                     text=text, train_bytes=train_bytes, heldout_bytes=heldout_bytes, steps=steps, mix=mix,
-                     kl_weight=kl_weight, byte_ce_weight=byte_ce_weight,
-                     trie_kl_weight=trie_kl_weight, trie_kl_depth=trie_kl_depth, seed=seed)
+    runtime = {k: options.pop(k) for k in ("teachers", "teacher_device", "teacher_max_length",
+                                           "teacher_batch_size", "byte_rule")}
+    quiet, json_out, out, text = options.pop("quiet"), options.pop("json_out"), options["out"], options["text"]
+    teachers = runtime["teachers"] or "smollm2-135m,gemma3-270m"
+    given = {k: v for k, v in runtime.items() if k != "teachers" and v is not None}
+    cfg = DemoConfig(**options, teachers=[t.strip() for t in teachers.split(",") if t.strip()], **given)
     from ..demo import run_demo
 
     @contextmanager

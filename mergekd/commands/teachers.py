@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from .options import plain, teacher_runtime_options, with_options
 from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
@@ -102,36 +104,41 @@ class RichScoreProgress:
             self.progress.advance(self.task, n_bytes)
 
 
-def score_command(
-    teachers: str = typer.Option(..., help="comma-separated teacher specs, e.g. smollm2-135m,gemma3-270m"),
-    data: Path = typer.Option(..., help="text to score: .txt (one document) or .jsonl with a 'text' field"),
-    fit_data: Optional[Path] = typer.Option(None, help="text the mixer is fit on (required by learned/gated); "
-                                                       "never the scored --data"),
-    mix: str = typer.Option("linear", help="mixer spec (linear = uniform weights, product, min-ce, softmax-ce, "
-                                           "learned, gated, product:weights=1;2) or 'none'"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the results as JSON here (atomic)"),
-    max_bytes: Optional[int] = typer.Option(None, help="score only the first N bytes (and fit on ≤ N bytes)"),
-    chunk_bytes: int = typer.Option(4096, help="documents are scored in independent chunks of this many bytes"),
-    device: Optional[str] = typer.Option(None, help="device for every teacher (default cpu; ?device= in a "
-                                                    "spec wins)"),
-    batch_size: Optional[int] = typer.Option(None, help="windows per forward pass (default: as many as keep the "
-                                                        "logits under 1 GiB)"),
-    byte_rule: Optional[str] = typer.Option(None, help="token → byte rule for every teacher: canonical (default, "
-                                                       "fast) or exact:K=8 (covering sum, ~0.1-0.3 s/byte)"),
-) -> None:
+@with_options(
+    teacher_runtime_options(flags={"teacher_device": ("--teacher-device", "--device"),
+                                   "teacher_batch_size": ("--teacher-batch-size", "--batch-size")}),
+    [plain("data", None, "--data", help="text to score: .txt (one document) or .jsonl with a 'text' field",
+           annotation=Optional[Path]),
+     plain("fit_data", None, "--fit-data", help="text the mixer is fit on (required by learned/gated); never the "
+                                                "scored --data", annotation=Optional[Path]),
+     plain("mix", "linear", "--mix", help="mixer spec (linear = uniform weights, product, min-ce, softmax-ce, "
+                                          "learned, gated, product:weights=1;2) or 'none'"),
+     plain("json_out", None, "--json", help="also write the results as JSON here (atomic)",
+           annotation=Optional[Path]),
+     plain("max_bytes", None, "--max-bytes", help="score only the first N bytes (and fit on ≤ N bytes)",
+           annotation=Optional[int]),
+     plain("chunk_bytes", 4096, "--chunk-bytes", help="documents are scored in independent chunks of this many "
+                                                      "bytes")])
+def score_command(**options) -> None:
     """Bits per byte of --data under each teacher and under their mixture (teachers load one at a time).
 
     Example: mergekd score --teachers smollm2-135m,gemma3-270m --data botchan.txt --json score.json
     """
+    from .options import require
+
+    teachers, data = require(options, "teachers", "data")
+    mix, json_out = options["mix"], options["json_out"]
     from ..io import write_json
     from ..score import score
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as bar:
-        report = score(teachers, data, fit_data=fit_data, mix=None if mix.strip().lower() == "none" else mix,
-                       max_bytes=max_bytes, chunk_bytes=chunk_bytes, device=device, batch_size=batch_size,
-                       byte_rule=byte_rule, progress=RichScoreProgress(bar))
+        report = score(teachers, data, fit_data=options["fit_data"],
+                       mix=None if mix.strip().lower() == "none" else mix, max_bytes=options["max_bytes"],
+                       chunk_bytes=options["chunk_bytes"], device=options["teacher_device"],
+                       batch_size=options["teacher_batch_size"], byte_rule=options["byte_rule"],
+                       max_length=options["teacher_max_length"], progress=RichScoreProgress(bar))
     table = Table(title=f"{report.data}: {report.bytes:,} bytes in {report.chunks} chunks")
     table.add_column("teacher", no_wrap=True)
     for header in ("vocab", "bytes", "BPB", "BPB common", "load s", "score s"):

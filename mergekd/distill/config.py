@@ -26,33 +26,36 @@ OBJECTIVE_FLAGS = ("token_ce_weight", "byte_ce_weight", "kl_weight", "trie_kl_we
 class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    teachers: list[str] = Field(default_factory=list, description="teacher specs; empty = CE-only training")
+    teachers: list[str] = Field(default_factory=list, description="teacher specs, comma-separated on the command "
+                                "line (smollm2-135m,gemma3-270m; hf:PATH_OR_ID; gguf:FILE); empty = CE-only training")
     student: str = Field(..., description="student spec: new:llama?tokenizer=gpt2&layers=4, hf:PATH, gguf:PATH")
-    data: Path
-    out: Path
-    eval_data: Path | None = None
+    data: Path = Field(..., description="training data: .txt, or .jsonl with 'text', or 'prompt' + 'response' "
+                                        "(loss on the response only), or chat 'messages'")
+    out: Path = Field(..., description="output folder (checkpoints/, metrics.jsonl, final/); rerun to resume")
+    eval_data: Path | None = Field(None, description="held-out text: the export's BPB goes in its model card")
     mix: str | dict = Field("linear", description="mixer spec (linear, learned, product:weights=1;2) or, in "
                             "YAML, a mapping {name: linear, weights: [1, 2]}")
     fit_data: Path | None = Field(None, description="text a learning mixer is fitted on (online teachers only)")
-    cache: Path | None = None
+    cache: Path | None = Field(None, description="teacher byte cache from `mergekd cache` (no teacher in memory)")
 
-    steps: int = Field(100, ge=1)
+    steps: int = Field(100, ge=1, description="optimizer steps (raise it and rerun to train further)")
     batch_size: int = Field(8, ge=1, description="global batch (texts per optimizer step, all processes)")
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (batch_size is split)")
     seq_bytes: int = Field(512, ge=16, description="bytes per training text chunk")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(10, ge=0)
-    seed: int = 0
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW; linear warm-up, cosine decay to 10%)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(10, ge=0, description="linear warm-up steps before the cosine decay")
+    seed: int = Field(0, description="seed of initialisation and data order (a pure function of seed and step)")
 
     byte_head: str = Field("parallel", description="byte head from the byte-head registry: parallel (BLD, alias "
                            "bld), recurrent, or a plugin's name")
-    byte_offsets: int = Field(10, ge=1, le=64)
-    token_ce_weight: float = Field(1.0, ge=0)
-    byte_ce_weight: float = Field(1.0, ge=0, description="λ_b: byte head CE on the text's bytes (default 1 with teachers, "
-                                  "0 without)")
-    kl_weight: float = Field(0.1, ge=0, description="λ_kl: D(mixture ‖ byte head) (default 0.1 with teachers; needs "
-                             "teachers or a cache)")
+    byte_offsets: int = Field(10, ge=1, le=64, description="K: bytes of each student token the byte head and "
+                              "the trie term supervise")
+    token_ce_weight: float = Field(1.0, ge=0, description="weight of the student's token CE")
+    byte_ce_weight: float = Field(1.0, ge=0, description="λ_b: byte head CE on the text's bytes (its default applies "
+                                  "with teachers; a run without teachers is the CE-only baseline)")
+    kl_weight: float = Field(0.1, ge=0, description="λ_kl: D(mixture ‖ byte head); needs teachers or a cache (its "
+                             "default applies only with them)")
     trie_kl_weight: float = Field(0.0, ge=0, description="λ_t: D(mixture ‖ the next-byte distribution the "
                                   "student's token softmax implies through its byte trie), which trains the token "
                                   "softmax itself")
@@ -65,18 +68,24 @@ class DistillConfig(BaseModel):
                           "weight: 3}] (CLI: --term trie_kl:weight=3, repeatable); when given it replaces the "
                           "weight flags (token_ce_weight, byte_ce_weight, kl_weight, trie_kl_*, kl_loss, temperature)")
 
-    save_every: int = Field(50, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
+    save_every: int = Field(50, ge=1, description="steps between checkpoints (and at the last step)")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk (older ones are removed)")
     device: str = Field("auto", description="student device: auto (cuda when available), cpu, cuda, cuda:N, mps; "
                         "a device this machine lacks is refused")
-    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
-    teacher_placement: Literal["device", "swap"] = "device"
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = Field(
+        "auto", description="autocast of the student: auto = bf16 on a GPU that supports it, else no")
+    teacher_placement: Literal["device", "swap"] = Field(
+        "device", description="device: every teacher stays on its device; swap: one at a time, the rest on the CPU")
+    teacher_device: str | None = Field(None, description="device of the teachers' forward passes (default: the "
+                                                         "student's device)")
+    teacher_batch_size: int | None = Field(None, ge=1, description="teacher windows per forward pass (default: "
+                                                                   "as many as keep the logits under 1 GiB)")
     teacher_max_length: int | None = Field(None, ge=16, description="teacher window in tokens; default: the "
                                            "teacher's own (min(model positions, 1024)), the same for every command")
     byte_rule: str = Field("canonical", description="every teacher's token → byte rule: canonical (fast) or "
                                                     "exact:K=8 (covering sum; short texts only)")
     lora_rank: int = Field(0, ge=0, description="0 = full fine-tuning; >0 trains LoRA adapters (needs peft)")
-    log_every: int = Field(1, ge=1)
+    log_every: int = Field(1, ge=1, description="steps between metrics.jsonl lines")
 
     # on-policy distillation (GKD, Agarwal et al. 2024): the student writes the continuations it is trained on
     on_policy: float = Field(0.0, description="λ: fraction of batches whose continuations the student samples; "
@@ -123,6 +132,13 @@ class DistillConfig(BaseModel):
         from ..devices import check_device
 
         return check_device(v, "device")
+
+    @field_validator("teacher_device")
+    @classmethod
+    def _available_teacher_device(cls, v: str | None) -> str | None:
+        from ..devices import check_device
+
+        return None if v is None else check_device(v, "teacher_device")
 
     @field_validator("on_policy", mode="before")
     @classmethod
@@ -261,7 +277,8 @@ class DistillConfig(BaseModel):
 
     def teacher_overrides(self) -> dict:
         """The teacher-runtime options this run sets for every teacher (a spec's own ``?options`` win)."""
-        return {"max_length": self.teacher_max_length, "byte_rule": self.byte_rule}
+        return {"max_length": self.teacher_max_length, "byte_rule": self.byte_rule,
+                "batch_size": self.teacher_batch_size}
 
     def _check_on_policy(self) -> None:
         """On-policy batches train only the divergence to the teachers on the student's samples (see
@@ -289,7 +306,8 @@ class DistillConfig(BaseModel):
         on-policy training existed keep their fingerprint)."""
         generation = {"on_policy", "max_new_tokens", "gen_temperature", "top_p"}
         fields = self.model_dump(mode="json", exclude={"steps", "save_every", "keep_checkpoints", "log_every",
-                                                       "out", "device", "eval_data",
+                                                       "out", "device", "eval_data", "teacher_device",
+                                                       "teacher_batch_size",
                                                        *(generation if self.on_policy == 0 else ()),
                                                        *(("byte_rule",) if self.byte_rule == "canonical" else ()),
                                                        *(("trie_kl_weight", "trie_kl_depth")

@@ -1,0 +1,139 @@
+"""Command-line options generated from the config models, so help text, choices and validation live in one place.
+
+Why: hand-copied options drift (a flag without help, a Literal typed ``str`` so ``--help`` shows no choices, a
+default that differs from the config's). Here every option of ``mergekd distill`` comes from a
+:class:`~mergekd.distill.config.DistillConfig` field: its description is the help, a ``Literal`` becomes the
+choices, and the default shown is the field's. Every flag defaults to None ("not given"), so YAML values and the
+config's own defaults apply underneath, and ``model_fields_set`` still tells what the user set.
+
+The teacher-runtime group (:data:`TEACHER_RUNTIME`) is spelled the same on every command that runs teachers:
+``--teachers``, ``--teacher-device``, ``--teacher-max-length``, ``--teacher-batch-size``, ``--byte-rule``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import typer
+from pydantic import BaseModel, Field
+from pydantic_core import PydanticUndefined
+
+
+class TeacherRuntime(BaseModel):
+    """How teachers run, shared by score, cache, distill, fidelity, eval and demo (a spec's own ``?options``
+    win over these)."""
+
+    teachers: str | None = Field(None, description="comma-separated teacher specs, e.g. smollm2-135m,gemma3-270m "
+                                                   "(registered names, hf:PATH_OR_ID, gguf:FILE; options after ?)")
+    teacher_device: str | None = Field(None, description="device of the teachers' forward passes: cpu, cuda, "
+                                                         "cuda:N, mps")
+    teacher_max_length: int | None = Field(None, ge=16, description="teacher window in tokens (default: the "
+                                                                    "teacher's own, min(model positions, 1024))")
+    teacher_batch_size: int | None = Field(None, ge=1, description="teacher windows per forward pass (default: as "
+                                                                   "many as keep the logits under 1 GiB)")
+    byte_rule: str | None = Field(None, description="every teacher's token → byte rule: canonical (fast, "
+                                                    "default) or exact:K=8 (covering sum; short texts)")
+
+
+TEACHER_RUNTIME = tuple(TeacherRuntime.model_fields)
+
+
+def _cli_type(annotation) -> Any:
+    """The type typer parses for a field: Optional of a scalar, a Path, a Literal (choices) or a list of str."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is Literal:
+        return Optional[annotation]
+    if origin in (typing.Union, types.UnionType):
+        if len(args) == 1:
+            return _cli_type(args[0])
+        if any(typing.get_origin(a) is list for a in args) or list in args:
+            return Optional[list[str]]
+        return Optional[Path] if Path in args else Optional[str]  # str | dict (mix): the string form
+    if origin is list:
+        return Optional[str]  # comma-separated on the command line
+    if annotation in (int, float, str, bool, Path):
+        return Optional[annotation]
+    return Optional[str]
+
+
+def _help(field, extra: str = "") -> str:
+    text = (field.description or "").strip()
+    default = field.default
+    if default is not PydanticUndefined and default not in (None, [], ()) and not callable(default):
+        text += f" (default: {default})"
+    return (text + (" " + extra if extra else "")).strip()
+
+
+def option(name: str, field, *, flags: tuple[str, ...] = (), metavar: str | None = None,
+           annotation=None, extra_help: str = "", panel: str | None = None) -> inspect.Parameter:
+    """One keyword parameter with a ``typer.Option`` built from a pydantic field (default None = not given)."""
+    names = flags or (f"--{name.replace('_', '-')}",)
+    opt = typer.Option(None, *names, help=_help(field, extra_help), metavar=metavar, rich_help_panel=panel,
+                       show_default=False)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt,
+                             annotation=annotation or _cli_type(field.annotation))
+
+
+def model_options(model: type[BaseModel], *, exclude: tuple[str, ...] = (), flags: dict[str, tuple] | None = None,
+                  metavars: dict[str, str] | None = None, panels: dict[str, str] | None = None,
+                  annotations: dict[str, Any] | None = None) -> list[inspect.Parameter]:
+    """Options for every field of ``model`` except ``exclude``, in field order."""
+    flags, metavars, panels, annotations = flags or {}, metavars or {}, panels or {}, annotations or {}
+    return [option(name, field, flags=flags.get(name, ()), metavar=metavars.get(name),
+                   panel=panels.get(name), annotation=annotations.get(name))
+            for name, field in model.model_fields.items() if name not in exclude]
+
+
+def teacher_runtime_options(*, flags: dict[str, tuple] | None = None) -> list[inspect.Parameter]:
+    """The teacher-runtime group, identical on every command (``flags`` may add legacy spellings)."""
+    return model_options(TeacherRuntime, flags=flags, panels={n: "Teacher runtime" for n in TEACHER_RUNTIME})
+
+
+def with_options(*groups: list[inspect.Parameter]) -> Callable[[Callable], Callable]:
+    """Give ``func(**options)`` the generated signature typer reads (groups are concatenated in order)."""
+    params = [p for group in groups for p in group]
+
+    def decorate(func: Callable) -> Callable:
+        func.__signature__ = inspect.Signature(params)
+        func.__annotations__ = {p.name: p.annotation for p in params}
+        return func
+
+    return decorate
+
+
+def plain(name: str, default, *flags: str, help: str, annotation=None, **kw) -> inspect.Parameter:
+    """A hand-written option that is not a config field (``--config``, ``--quiet``, ``--json``)."""
+    opt = typer.Option(default, *flags, help=help, **kw)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt,
+                             annotation=annotation if annotation is not None else type(default))
+
+
+def runtime_overrides(options: dict) -> dict:
+    """The teacher-runtime flags as :class:`~mergekd.teachers.options.TeacherOptions` overrides."""
+    return {"device": options.get("teacher_device"), "max_length": options.get("teacher_max_length"),
+            "batch_size": options.get("teacher_batch_size"), "byte_rule": options.get("byte_rule")}
+
+
+def refuse_unused(options: dict, names: tuple[str, ...], command: str, why: str) -> None:
+    """A runtime flag that cannot take effect in ``command`` is refused by name, never ignored."""
+    from ..errors import ConfigError
+
+    given = [f"--{n.replace('_', '-')}" for n in names if options.get(n) is not None]
+    if given:
+        raise ConfigError(f"{command}: {', '.join(given)} cannot take effect here ({why}); drop "
+                          f"{'it' if len(given) == 1 else 'them'}")
+
+
+def require(options: dict, *names: str) -> tuple:
+    """The values of required options, or one line naming the first missing flag."""
+    from ..errors import ConfigError
+
+    for name in names:
+        if options.get(name) in (None, ""):
+            raise ConfigError(f"--{name.replace('_', '-')} is required")
+    return tuple(options[n] for n in names)
