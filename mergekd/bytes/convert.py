@@ -1,6 +1,6 @@
 """Next-token logits → next-byte log-probabilities under the canonical-path rule (the hot path).
 
-Rule (documented in README "Byte targets"): for a byte inside teacher token ``u`` after its prefix ``p``
+Rule (documented in docs/byte-rule.md): for a byte inside teacher token ``u`` after its prefix ``p``
 (``p`` includes a SentencePiece dummy-prefix space when the tokenizer inserted one), with ``P`` the teacher's
 next-token distribution at the position that predicts ``u``::
 

@@ -1,6 +1,6 @@
 """Sparse byte rows: dense next-byte log-probs [N, 257] ⇄ a few (byte, log-prob code) entries per row.
 
-Why this encoding (measured on botchan with SmolLM2-135M and Gemma-3-270m, see README "Teacher byte cache"):
+Why this encoding (measured on botchan with SmolLM2-135M and Gemma-3-270m, see docs/cache.md):
 inside a teacher token a next-byte row is nearly deterministic (1-3 bytes carry all the mass), at a token
 boundary it spreads over ~100 bytes. So each row keeps a *variable* number of entries: its most probable bytes,
 until the kept mass reaches ``1 - tail`` or ``top_k`` entries are kept. The rest (the tail) is one number per

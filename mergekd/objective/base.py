@@ -55,7 +55,7 @@ class ObjectiveTerm:
 
     def describe(self) -> str:
         """One line for the model card: the term and every option that is not at its default."""
-        extra = {k: v for k, v in self.options.model_dump().items() if k != "weight"}
+        extra = {k: v for k, v in self.options.model_dump(exclude_defaults=True).items() if k != "weight"}
         opts = ", ".join(f"{k}={v}" for k, v in extra.items())
         return f"{self.name} × {self.weight:g}" + (f" ({opts})" if opts else "")
 
