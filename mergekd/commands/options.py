@@ -109,8 +109,9 @@ def with_options(*groups: list[inspect.Parameter]) -> Callable[[Callable], Calla
 def plain(name: str, default, *flags: str, help: str, annotation=None, **kw) -> inspect.Parameter:
     """A hand-written option that is not a config field (``--config``, ``--quiet``, ``--json``)."""
     opt = typer.Option(default, *flags, help=help, **kw)
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt,
-                             annotation=annotation if annotation is not None else type(default))
+    if annotation is None:  # Path("x") is a PosixPath, which some typer versions do not know: say Path
+        annotation = Path if isinstance(default, Path) else type(default)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=annotation)
 
 
 def runtime_overrides(options: dict) -> dict:

@@ -61,7 +61,10 @@ def distill_command(**options) -> None:
         overrides.update(teachers=[], byte_ce_weight=0.0, kl_weight=0.0, trie_kl_weight=0.0, cache=None)
     cfg = load_config(config, overrides)
     final = distill(cfg, show_progress=not quiet)
-    typer.echo(f"exported student: {final}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one line, not one per process of a distributed launch
+        typer.echo(f"exported student: {final}")
 
 
 @with_options(

@@ -71,6 +71,7 @@ def save_checkpoint(accelerator, out: Path, step: int, meta: dict, extra_writers
             shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every rank has written its files (RNG states) before the folder is renamed
     if accelerator.is_main_process:
         for writer in extra_writers:
             writer(tmp)

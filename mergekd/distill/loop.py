@@ -16,7 +16,6 @@ The samples go to ``OUT/samples.jsonl`` (one line per sample, truncated on resum
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -37,7 +36,7 @@ from .prompts import read_data
 from ..io import write_atomic
 from .checkpoint import check_resumable, latest_checkpoint, save_checkpoint
 from .config import DistillConfig
-from .objective import LossWeights, StudentWithHead
+from .objective import StudentWithHead
 
 
 def lr_at(step: int, cfg: DistillConfig) -> float:
@@ -75,7 +74,38 @@ def _accelerator(cfg: DistillConfig):
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if (not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()) else "no"
-    return Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    _check_distributed(accelerator, cfg)
+    return accelerator
+
+
+def _check_distributed(accelerator, cfg: DistillConfig) -> None:
+    """Sharded setups accelerate would not honour, or the loop cannot run: refused, never silently changed.
+
+    Added with tests/test_scale_paths.py (issue "Scale paths that actually run"):
+    - An accelerate config with FSDP or DeepSpeed on CPU processes: accelerate (1.15) applies FSDP only to GPU/
+      accelerator processes (``AcceleratorState`` sets FSDP only for MULTI_GPU/XPU/...; CPU processes stay
+      MULTI_CPU) and DeepSpeed only when ``cpu`` is False, so the run would silently be plain DDP.
+    - On-policy sampling under FSDP: ``generate`` runs the student's forward once per new token, and under FSDP
+      every forward all-gathers parameters, so processes whose samples stop after different numbers of tokens
+      would hang (and sampling on a sharded module is untested).
+    FSDP2 with ``cpu_ram_efficient_loading`` re-ties weights only through the root's ``tie_weights``:
+    StudentWithHead delegates it to the student (without that, tied input/output embeddings trained as two tensors:
+    0.01–0.05 max weight difference from the 1-process run, on CPU and on an H200)."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    for env, wanted in (("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+                        ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(env, "false").lower() == "true" and kind != wanted:
+            raise ConfigError(f"device: the accelerate config asks for {wanted.value}, but accelerate runs these "
+                              f"{accelerator.device.type} processes as {kind.value} (it applies {wanted.value} to GPU "
+                              "processes only), so the run would silently not shard; on CPUs use plain data parallel "
+                              "(torchrun --nproc_per_node N -m mergekd distill ...)")
+    if kind == DistributedType.FSDP and cfg.on_policy > 0:
+        raise ConfigError(f"on_policy: {cfg.on_policy:g} samples with the student, but generate on an FSDP-sharded "
+                          "module is unsupported (each new token is a forward that all processes must join); use "
+                          "DDP or DeepSpeed ZeRO-2, or set on_policy 0")
 
 
 def _build_signal(cfg: DistillConfig, device, progress_print, loaded: list | None = None):
@@ -97,6 +127,8 @@ def _build_signal(cfg: DistillConfig, device, progress_print, loaded: list | Non
         progress_print(f"loading teacher {spec} ...")
         teachers.append(load_teacher(spec, overrides={**cfg.teacher_overrides(), "device": "cpu"}))
     mixer = build_mixer(cfg.mix)
+    if cfg.teacher_device not in (None, "auto"):  # the teachers' own device; else the student's
+        device = torch.device(cfg.teacher_device)
     signal = TeacherSignal(teachers, mixer, device, cfg.teacher_placement)
     return signal
 
@@ -105,15 +137,15 @@ def _fit_mixer(signal, cfg: DistillConfig, chunks: list[str]) -> None:
     mixer = getattr(signal, "mixer", None)
     if mixer is None or not getattr(mixer, "needs_fit", False):
         return
-    from .signal import actual_bytes, stack_targets
+    from ..signal import actual_bytes
 
     if cfg.fit_data and cfg.cache is None:
         fit_texts, fit_idx = load_chunks(cfg.fit_data, cfg.seq_bytes), None
     else:  # a cache holds the training chunks only: fit on the first of them
         fit_idx = list(range(min(16, len(chunks))))
         fit_texts = [chunks[i] for i in fit_idx]
-    logprobs, masks = stack_targets(signal.per_teacher(fit_texts, fit_idx))
-    mixer.fit(logprobs, masks, actual_bytes(fit_texts), teacher_names=signal.names)
+    rows = signal.byte_signal(fit_texts, fit_idx)
+    mixer.fit(rows.logprobs, rows.masks, actual_bytes(fit_texts), teacher_names=rows.names)
 
 
 def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | None = None) -> Path:
@@ -143,12 +175,14 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
     # the data is read (and refused) before anything is written or any teacher loads
     data = read_data(cfg.data, seq_bytes=cfg.seq_bytes, prompt_bytes=cfg.prompt_bytes, tokenizer=tokenizer,
                      need_response=cfg.on_policy < 1)
+    terms = cfg.terms()
     use_signal = cfg.uses_teacher_rows  # teachers load (or the cache opens) only when a term reads their rows
-    use_head = cfg.byte_ce_weight > 0 or cfg.kl_weight > 0
+    use_head = any(t.needs_byte_head for t in terms)
     head = build_byte_head(cfg.byte_head, student.config.hidden_size, cfg.byte_offsets) if use_head else None
     if cfg.lora_rank > 0:
         student = _with_lora(student, cfg.lora_rank)
-    byte_rows = StudentByteRows.for_vocab(vocab, model_vocab_width(student)) if cfg.trie_kl_weight > 0 else None
+    byte_rows = StudentByteRows.for_vocab(vocab, model_vocab_width(student)) if any(
+        t.needs_student_byte_rows for t in terms) else None
     model = StudentWithHead(student, head, byte_rows)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
@@ -162,8 +196,6 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
     chunks = data.texts
     out.mkdir(parents=True, exist_ok=True)
     signal = _build_signal(cfg, accelerator.device, console.print, teachers) if use_signal else None
-    weights = LossWeights(cfg.token_ce_weight, cfg.byte_ce_weight, cfg.kl_weight, cfg.kl_loss, cfg.temperature,
-                          cfg.trie_kl_weight, cfg.trie_kl_depth)
     max_tokens = int(getattr(student.config, "max_position_embeddings", 2048))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -204,8 +236,6 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
             mine = indices[accelerator.process_index::world]
             positions = list(range(accelerator.process_index, len(indices), world))  # in the global batch
             on_policy = is_on_policy_step(step, cfg.on_policy, cfg.seed)
-            # on sampled batches only the divergences to the teachers train (no text to take CE on)
-            step_weights = dataclasses.replace(weights, token_ce=0.0, byte_ce=0.0) if on_policy else weights
             logs: dict[str, float] = {}
             nbytes = 0
             samples: list[dict] = []
@@ -231,7 +261,8 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
                     teacher_lp, teacher_mask = teacher_lp.to(accelerator.device), teacher_mask.to(accelerator.device)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
-                        parts = model(batch.to(accelerator.device), teacher_lp, teacher_mask, step_weights)
+                        # on sampled batches only the teacher terms train (no reference text to take CE on)
+                        parts = model(batch.to(accelerator.device), teacher_lp, teacher_mask, terms, on_policy)
                     if not torch.isfinite(parts["loss"]):
                         raise NonFiniteError(
                             f"loss is {parts['loss'].item()} at step {step + 1} ("
@@ -240,8 +271,8 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
                     accelerator.backward(parts["loss"])
                     optimizer.step()
                     optimizer.zero_grad()
-                for k, v in parts.items():
-                    logs[k] = logs.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                for k, v in parts.items():  # means over micro-batches; counts (tokens) add up
+                    logs[k] = logs.get(k, 0.0) + float(v.detach()) / (1 if k == "tokens" else cfg.grad_accum)
             if on_policy and world > 1:
                 from accelerate.utils import gather_object
 
@@ -260,19 +291,23 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
                 # one write per step: a kill leaves whole steps or a torn last line (dropped on resume)
                 with samples_path.open("a") as fh:
                     fh.write("".join(json.dumps(r) + "\n" for r in samples))
-            info = " ".join(f"{k} {logs[k]:.3f}" for k in ("loss", "token_ce", "byte_ce", "kl") if k in logs)
+            info = " ".join(f"{k} {logs[k]:.3f}" for k in ("loss", *(t.name for t in terms)) if k in logs)
             if on_policy:
                 info += f" | on-policy {record['sample_bytes']:.0f} B/sample"
             bar.update(task, advance=1, info=f"{info} | {record['bytes_per_s']:.0f} B/s")
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
                 save_checkpoint(accelerator, out, step + 1, meta, writers, keep=cfg.keep_checkpoints)
 
-    from .export import export_student
+    from .export import export_student, gather_student_state
 
     final = out / "final"
+    # every process joins the gathering of the full weights (a collective under FSDP / ZeRO-3; the module's own
+    # tensors under DDP); then the main process alone merges, evaluates and saves, with no collective inside
+    state = gather_student_state(accelerator, model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        export_student(unwrapped.student, tokenizer, final, cfg, signal, show_progress=show_progress)
+        export_student(unwrapped.student, tokenizer, final, cfg, signal, show_progress=show_progress,
+                       state_dict=state)
     accelerator.wait_for_everyone()
     return final
 

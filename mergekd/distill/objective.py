@@ -60,6 +60,21 @@ class StudentWithHead(nn.Module):
         # checkpoints (a function of the tokenizer), moved to the logits' device on first use
         self.byte_rows = byte_rows
 
+    # Pass-throughs that accelerate/FSDP look for on the root module: without them the whole model is one FSDP
+    # unit (no per-layer sharding) and tied embeddings are not re-tied after sharded loading.
+    @property
+    def _no_split_modules(self):
+        return getattr(self.student, "_no_split_modules", None)
+
+    def tie_weights(self, *args, **kwargs):
+        return self.student.tie_weights(*args, **kwargs)
+
+    def get_input_embeddings(self):
+        return self.student.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.student.get_output_embeddings()
+
     def forward(self, batch: StudentBatch, teacher_logprobs: torch.Tensor | None, teacher_mask: torch.Tensor | None,
                 terms: list[ObjectiveTerm] | LossWeights, on_policy: bool = False) -> dict[str, torch.Tensor]:
         """Loss parts ``{term name: mean value, "loss": weighted sum, "tokens": count}``.
