@@ -321,11 +321,13 @@ def read_body(name: str) -> str:
 def text_slice(name: str, start: int | None = None, stop: int | None = None) -> str:
     """UTF-8 bytes ``[start:stop]`` of :func:`read_body` (Python slice semantics, negatives count from the end),
     cut inward to whole characters, so disjoint byte ranges give disjoint, reproducible texts."""
+    from .text import char_bounds
+
     raw = read_body(name).encode("utf-8")
-    piece = raw[slice(start, stop)]
-    if not piece:
+    a, b = char_bounds(raw, start, stop)
+    if a >= b:
         raise MissingAssetError(f"text {name!r}[{start}:{stop}] is empty: the body has {len(raw):,} bytes")
-    return piece.decode("utf-8", "ignore")
+    return raw[a:b].decode("utf-8")
 
 
 def fetch_all(progress: Callable[[str], None] = print) -> None:

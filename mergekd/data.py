@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from .errors import ConfigError, EmptyTextError
+from .text import chunk_text  # noqa: F401  (re-exported: readers chunk through mergekd.data)
 
 
 def jsonl_records(path: Path):
@@ -55,28 +56,6 @@ def read_documents(path: Path | str) -> list[str]:
     if not docs or not any(d.strip() for d in docs):
         raise EmptyTextError(f"data file {path} holds no text")
     return docs
-
-
-def chunk_text(text: str, max_bytes: int) -> list[str]:
-    """Split ``text`` into pieces of at most ``max_bytes`` UTF-8 bytes, preferring to cut after whitespace
-    (within the last quarter of a piece) and never inside a character. Concatenated, the pieces are the text."""
-    if max_bytes < 4:
-        raise ConfigError("chunk size must be at least 4 bytes (one UTF-8 character)")
-    data = text.encode("utf-8")
-    pieces = []
-    start = 0
-    while start < len(data):
-        end = min(start + max_bytes, len(data))
-        if end < len(data):
-            while end > start and (data[end] & 0xC0) == 0x80:  # do not cut inside a character
-                end -= 1
-            floor = start + (3 * max_bytes) // 4
-            cut = max(data.rfind(b" ", floor, end), data.rfind(b"\n", floor, end))
-            if cut > start:
-                end = cut + 1
-        pieces.append(data[start:end].decode("utf-8"))
-        start = end
-    return pieces
 
 
 def load_chunks(path: Path | str, max_bytes: int, limit_bytes: int | None = None) -> list[str]:

@@ -16,7 +16,7 @@ from .bytes import byte_vocab_for
 from .data import load_chunks
 
 
-def bits_per_byte(model, tokenizer, texts: list[str], *, batch_size: int = 4, progress=None) -> dict:
+def token_nll_bpb(model, tokenizer, texts: list[str], *, batch_size: int = 4, progress=None) -> dict:
     """{"bpb": x, "bytes": n, "tokens": t} of ``model`` over ``texts``."""
     vocab = byte_vocab_for(tokenizer)
     device = next(model.parameters()).device
@@ -54,4 +54,4 @@ def bits_per_byte(model, tokenizer, texts: list[str], *, batch_size: int = 4, pr
 
 def evaluate_file(model, tokenizer, path: Path, chunk_bytes: int = 1024, limit_bytes: int | None = None,
                   progress=None) -> dict:
-    return bits_per_byte(model, tokenizer, load_chunks(path, chunk_bytes, limit_bytes), progress=progress)
+    return token_nll_bpb(model, tokenizer, load_chunks(path, chunk_bytes, limit_bytes), progress=progress)

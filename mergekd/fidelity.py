@@ -32,6 +32,7 @@ import torch
 from .bytes import byte_vocab_for, teacher_byte_logprobs_batch
 from .bytes.exact import exact_search
 from .errors import EmptyTextError
+from .text import head as text_head
 
 LN2 = math.log(2.0)
 
@@ -196,7 +197,7 @@ def sample_passages(text: str, positions: int, passage_bytes: int, seed: int) ->
             current = ""
             continue
         while len(line.encode("utf-8")) > passage_bytes:
-            head = line.encode("utf-8")[:passage_bytes].decode("utf-8", errors="ignore")
+            head = text_head(line, passage_bytes)
             passages += [current, head]
             current, line = "", line[len(head):]
         joined = f"{current}\n{line}" if current else line

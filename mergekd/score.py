@@ -29,6 +29,7 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from .data import chunk_text, read_documents
+from .text import head as text_head
 from .signal import actual_bytes  # noqa: F401  (re-exported: score's callers use it)
 from .errors import ConfigError, EmptyTextError, NonFiniteError
 
@@ -135,13 +136,13 @@ def _pieces(docs: list[str], chunk_bytes: int, max_bytes: int | None):
         for piece in chunk_text(doc, chunk_bytes):
             size = len(piece.encode("utf-8"))
             if size >= budget:  # the last piece: cut at a character boundary (a partial character is dropped)
-                yield piece.encode("utf-8")[: int(budget)].decode("utf-8", "ignore")
+                yield text_head(piece, int(budget))
                 return
             yield piece
             budget -= size
 
 
-def bits_per_byte(logprobs: torch.Tensor, mask: torch.Tensor, actual: torch.Tensor, who: str) -> tuple[float, int]:
+def realised_byte_bpb(logprobs: torch.Tensor, mask: torch.Tensor, actual: torch.Tensor, who: str) -> tuple[float, int]:
     """(−Σ log2 P(actual byte) / count, count) over the rows in ``mask``; non-finite → :class:`NonFiniteError`."""
     count = int(mask.sum())
     if count == 0:
@@ -264,8 +265,8 @@ def score(teachers: str | Sequence[str], data: Path | str, *, fit_data: Path | s
     common = torch.stack(masks).all(0)
     report = ScoreReport(data=str(data), bytes=total, chunks=len(texts), common_bytes=int(common.sum()))
     for (name, family, vocab_size, load_s, score_s), lp, mask in zip(partial, logprobs, masks):
-        bpb, count = bits_per_byte(lp, mask, actual, f"teacher {name!r}")
-        bpb_common, _ = bits_per_byte(lp, common, actual, f"teacher {name!r}")
+        bpb, count = realised_byte_bpb(lp, mask, actual, f"teacher {name!r}")
+        bpb_common, _ = realised_byte_bpb(lp, common, actual, f"teacher {name!r}")
         report.teachers.append(TeacherScore(name=name, family=family, vocab_size=vocab_size, bpb=bpb,
                                             bytes_scored=count, bpb_common=bpb_common,
                                             load_seconds=round(load_s, 3), score_seconds=round(score_s, 3)))
@@ -298,7 +299,7 @@ def _score_mixture(mixer, mix: str, names: list[str], texts: list[str], logprobs
         start = end
     realised = torch.cat(mixed_rows).unsqueeze(1)  # [N, 1]: log P(actual) is all the BPB needs
     mask = torch.cat(mixed_masks)
-    bpb, count = bits_per_byte(realised, mask, torch.zeros_like(actual), f"mixture {mix!r}")
+    bpb, count = realised_byte_bpb(realised, mask, torch.zeros_like(actual), f"mixture {mix!r}")
     described = mixer.describe() if hasattr(mixer, "describe") else {}
     return MixtureScore(name=mix, bpb=bpb, bytes_scored=count, weights=_weights_by_name(described, names),
                         fit_bytes=fit_bytes)

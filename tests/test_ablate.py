@@ -101,7 +101,8 @@ def test_cells_collapse_the_ce_baseline_and_single_teacher_mixers_with_stable_id
 
 
 def test_asset_slices_cut_on_character_boundaries(tmp_path):
-    from mergekd.ablate.data import char_bounds, materialize
+    from mergekd.ablate.data import materialize
+    from mergekd.text import char_bounds
     from mergekd.assets import read_body, text_slice
 
     data = "aé日😀b".encode()  # 1 + 2 + 3 + 4 + 1 bytes

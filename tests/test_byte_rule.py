@@ -88,7 +88,7 @@ def test_exact_rule_refuses_text_longer_than_the_model(tmp_path, tokenizers):
 
 
 def test_score_uses_the_rule(teacher_dir, tmp_path):
-    from mergekd.score import actual_bytes, bits_per_byte, score
+    from mergekd.score import actual_bytes, realised_byte_bpb, score
 
     data = tmp_path / "data.txt"
     data.write_text(TEXTS[0])
@@ -96,7 +96,7 @@ def test_score_uses_the_rule(teacher_dir, tmp_path):
     exact = score(f"hf:{teacher_dir}", data, mix=None, byte_rule="exact:K=4")
     teacher = load_teacher(f"hf:{teacher_dir}")
     want = exact_byte_logprobs(teacher.model, teacher.tokenizer, TEXTS[0], beam=4)
-    bpb, _ = bits_per_byte(want.logprobs, want.mask, actual_bytes([TEXTS[0]]), "reference")
+    bpb, _ = realised_byte_bpb(want.logprobs, want.mask, actual_bytes([TEXTS[0]]), "reference")
     assert math.isclose(exact.teachers[0].bpb, bpb, rel_tol=1e-5)
     assert not math.isclose(exact.teachers[0].bpb, fast.teachers[0].bpb, rel_tol=1e-4)
 

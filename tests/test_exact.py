@@ -9,8 +9,6 @@ checked with plain ``bytes.startswith``.
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -21,7 +19,8 @@ from conftest import tiny_causal_lm
 from mergekd.bytes import ByteVocab, teacher_byte_logprobs
 from mergekd.bytes.exact import exact_byte_logprobs, exact_search
 from mergekd.errors import ConfigError
-from mergekd.fidelity import fidelity_command, fidelity_report, sample_passages
+from mergekd.commands.fidelity_cmd import fidelity_command
+from mergekd.fidelity import fidelity_report, sample_passages
 
 BPE_TOKENS = ["a", "b", "c", "ab", "bc", "abc", "ca"]
 BPE_MERGES = [("a", "b"), ("b", "c"), ("ab", "c"), ("c", "a")]
@@ -248,26 +247,25 @@ def test_fidelity_report_zero_without_competing_tokenizations():
     assert bpb["exact"] < bpb["canonical_tokens"] - 1e-4  # other tokenizations carry real mass here
 
 
-def test_fidelity_command_writes_json(tmp_path, monkeypatch, tokenizers):
+def test_fidelity_command_writes_json(tmp_path, tokenizers):
     import typer
     from typer.testing import CliRunner
 
-    tok = tokenizers("gpt2")
-    model = tiny_causal_lm(len(tok), seed=0)
-    fake = types.ModuleType("mergekd.teachers")
-    fake.load_teacher = lambda name: types.SimpleNamespace(model=model, tokenizer=tok, vocab=None)
-    monkeypatch.setitem(sys.modules, "mergekd.teachers", fake)
+    from teacher_fixtures import save_tiny_teacher
+
+    folder = save_tiny_teacher(tmp_path / "tiny", tokenizers("gpt2"))  # a real teacher folder, loaded as hf:
     data = tmp_path / "data.txt"
     data.write_text("First paragraph here.\n\nSecond one, longer than the first.\n\n\nThird.\n", encoding="utf-8")
     out = tmp_path / "report.json"
     app = typer.Typer()
     app.command("fidelity")(fidelity_command)
     app.command("other")(lambda: None)  # two commands, so typer keeps the command name
-    result = CliRunner().invoke(app, ["fidelity", "--teacher", "tiny", "--data", str(data), "--positions", "10",
+    spec = f"hf:{folder}"
+    result = CliRunner().invoke(app, ["fidelity", "--teacher", spec, "--data", str(data), "--positions", "10",
                                       "--beam", "2", "--json", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["teacher"] == "tiny" and report["positions"] == 10 and report["beam"] == 2
+    assert report["teacher"] == spec and report["positions"] == 10 and report["beam"] == 2
     assert "JSD" in result.output
 
 

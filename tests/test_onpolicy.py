@@ -187,7 +187,7 @@ def test_resume_is_exact_with_on_policy_and_prompt_data(world):
 def test_sampled_bytes_are_cut_to_whole_characters_and_stop_at_specials(tokenizers):
     from mergekd.bytes import byte_vocab_for
     from mergekd.distill.onpolicy import _to_sample, fit_context
-    from mergekd.distill.prompts import utf8_prefix, utf8_suffix, valid_utf8_prefix
+    from mergekd.text import utf8_prefix, utf8_suffix, valid_utf8_prefix
 
     vocab = byte_vocab_for(tokenizers("gpt2"))
     ids = vocab.tokenize("ok 日本語")

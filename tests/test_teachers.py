@@ -373,7 +373,7 @@ def test_gguf_teacher_builds_cache_then_reloads(tmp_path, isolated_cache, monkey
     assert len(caches) == 1 and gguf_cache.is_complete(caches[0])
     assert (caches[0] / VOCAB_FILE).is_file()
     reference = first.byte_targets([TEXT])[0]
-    assert math.isfinite(reference.bits_per_byte())
+    assert math.isfinite(reference.realised_bpb())
 
     def no_gguf(*args, **kwargs):
         raise AssertionError("the GGUF file was read again although the cache is complete")

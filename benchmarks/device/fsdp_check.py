@@ -5,7 +5,7 @@ config) and true; prints the max |weight difference| of the exports. Needs a CUD
 Usage: python3 benchmarks/device/fsdp_check.py OUT cuda
 Measured on one H200 (docs/measurements/fsdp-h200.json): 7.3e-6 for both settings (it was 0.048 with
 cpu_ram_efficient_loading before StudentWithHead delegated tie_weights)."""
-import json, os, subprocess, sys, time
+import json, subprocess, sys, time
 from pathlib import Path
 
 import torch

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..text import char_bounds
 
 ASSET_PREFIX = "asset:"
 _SPEC = re.compile(r"^asset:(?P<name>[A-Za-z0-9_.-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
@@ -57,16 +58,6 @@ def target_path(spec: str, out: Path) -> Path:
     name, start, stop = parse_asset(spec)
     suffix = "" if start is None and stop is None else f".{_bound(start, '0')}_{_bound(stop, 'end')}"
     return Path(out) / "data" / f"{name}{suffix}.txt"
-
-
-def char_bounds(data: bytes, start: int | None, stop: int | None) -> tuple[int, int]:
-    """The byte range [a, b) of ``data[start:stop]`` moved inward to UTF-8 character boundaries."""
-    a, b, _ = slice(start, stop).indices(len(data))
-    while a < len(data) and (data[a] & 0xC0) == 0x80:  # start inside a character: skip to the next one
-        a += 1
-    while a < b < len(data) and (data[b] & 0xC0) == 0x80:  # stop inside a character: end before it
-        b -= 1
-    return a, max(a, b)
 
 
 def _body(name: str) -> bytes:

@@ -50,7 +50,7 @@ class ByteTargets:
         actual = torch.frombuffer(bytearray(self.text_bytes), dtype=torch.uint8).long().to(self.logprobs.device)
         return self.logprobs.gather(1, actual.unsqueeze(1)).squeeze(1)
 
-    def bits_per_byte(self) -> float:
+    def realised_bpb(self) -> float:
         """−Σ log2 P(byte_j) over masked rows / their count."""
         lp = self.realised_logprobs()[self.mask]
         if lp.numel() == 0:

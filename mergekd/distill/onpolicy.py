@@ -37,7 +37,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 from ..bytes import ByteVocab, byte_vocab_for
 from ..errors import ConfigError
-from .prompts import valid_utf8_prefix
+from ..text import valid_utf8_prefix
 
 
 def stream_seed(seed: int, step: int, index: int) -> int:
@@ -103,7 +103,7 @@ def sample_continuations(model, vocab: ByteVocab, prompts: Sequence[str], seeds:
     Prompts are tokenised canonically (``vocab.tokenize``: BOS where the tokenizer adds one, special-token
     strings as plain text) and left-padded into one batch. A continuation is the bytes of the sampled tokens up
     to the first token that spells no text (EOS or any other special: the student chose to stop), cut to its
-    longest valid UTF-8 prefix (:func:`~mergekd.distill.prompts.valid_utf8_prefix`). ``max_tokens`` (the
+    longest valid UTF-8 prefix (:func:`~mergekd.text.valid_utf8_prefix`). ``max_tokens`` (the
     student's context) bounds prompt + continuation.
     """
     if len(prompts) != len(seeds):
@@ -211,7 +211,7 @@ def sample_bpb(student, prompts: Sequence[str], teachers: Sequence, *, tokenizer
         ``{"mixture": {"name", "bpb", "bytes"} | None, "teachers": {name: {"bpb", "bytes"}}, "sample_bytes": n,
         "trimmed_bytes": t, "samples": [{"prompt", "sample"}, ...]}``; BPB is NaN where no byte was scored.
     """
-    from ..score import bits_per_byte
+    from ..score import realised_byte_bpb
     from ..signal import actual_bytes, mix_per_text
 
     if isinstance(student, (str, Path)):
@@ -253,12 +253,12 @@ def sample_bpb(student, prompts: Sequence[str], teachers: Sequence, *, tokenizer
         per_teacher.append(targets)
         logprobs = torch.cat([t.logprobs for t in targets])
         mask = torch.cat([t.mask for t in targets]) & continuation
-        bpb, count = bits_per_byte(logprobs, mask, actual, teacher.name)
+        bpb, count = realised_byte_bpb(logprobs, mask, actual, teacher.name)
         report[teacher.name] = {"bpb": bpb, "bytes": count}
     mixture = None
     if mixer is not None:
         mixed, mixed_mask = mix_per_text(mixer, texts, per_teacher)
-        bpb, count = bits_per_byte(mixed.cpu(), mixed_mask.cpu() & continuation, actual, f"mixture {mixer.name}")
+        bpb, count = realised_byte_bpb(mixed.cpu(), mixed_mask.cpu() & continuation, actual, f"mixture {mixer.name}")
         mixture = {"name": getattr(mixer, "name", str(mix)), "bpb": bpb, "bytes": count}
     return {"mixture": mixture, "teachers": report, "sample_bytes": int(continuation.sum()),
             "trimmed_bytes": sum(s.trimmed for s in samples),

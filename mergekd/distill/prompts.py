@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import jsonl_records, load_chunks
+from ..text import utf8_prefix, utf8_suffix
 from ..errors import ConfigError, EmptyTextError
 
 
@@ -43,50 +44,6 @@ class TrainingData:
     @property
     def texts(self) -> list[str]:
         return [e.text for e in self.examples]
-
-
-def utf8_prefix(data: bytes, max_bytes: int) -> bytes:
-    """The longest prefix of ``data`` of at most ``max_bytes`` bytes that does not end inside a character
-    (at least one whole character, so a prompt is never empty)."""
-    if len(data) <= max_bytes:
-        return data
-    end = max_bytes
-    while end > 0 and (data[end] & 0xC0) == 0x80:
-        end -= 1
-    if end == 0:  # the first character is longer than max_bytes: keep it whole
-        end = 1
-        while end < len(data) and (data[end] & 0xC0) == 0x80:
-            end += 1
-    return data[:end]
-
-
-def utf8_suffix(data: bytes, max_bytes: int) -> bytes:
-    """The longest suffix of at most ``max_bytes`` bytes that starts at a character boundary (≥ 1 character)."""
-    if len(data) <= max_bytes:
-        return data
-    start = len(data) - max_bytes
-    while start < len(data) and (data[start] & 0xC0) == 0x80:
-        start += 1
-    if start == len(data):
-        start = len(data) - 1
-        while start > 0 and (data[start] & 0xC0) == 0x80:
-            start -= 1
-    return data[start:]
-
-
-def valid_utf8_prefix(data: bytes) -> bytes:
-    """``data`` cut before its first byte that is not part of a complete UTF-8 character.
-
-    Why cut rather than replace: a sampled token may end in the middle of a character (byte-level BPE pieces and
-    SentencePiece ``<0xNN>`` byte fallbacks spell single bytes), or the student may sample bytes that are no
-    text at all. Every training text must be a ``str`` (teachers tokenise strings), and replacing the bad bytes
-    with U+FFFD would train on bytes the student never produced. The prefix is exactly what the student wrote.
-    """
-    try:
-        data.decode("utf-8")
-        return data
-    except UnicodeDecodeError as exc:
-        return data[:exc.start]
 
 
 def read_data(path: Path | str, *, seq_bytes: int, prompt_bytes: int, tokenizer=None,
