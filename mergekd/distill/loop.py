@@ -20,7 +20,10 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -148,6 +151,38 @@ def _fit_mixer(signal, cfg: DistillConfig, chunks: list[str]) -> None:
     mixer.fit(rows.logprobs, rows.masks, actual_bytes(fit_texts), teacher_names=rows.names)
 
 
+@dataclass
+class Run:
+    """Everything one distillation holds between its phases (prepare → resume → steps → export)."""
+
+    cfg: DistillConfig
+    accelerator: Any
+    console: Any
+    out: Path
+    tokenizer: Any
+    vocab: Any
+    data: Any  # TrainingData
+    terms: list
+    model: Any  # StudentWithHead, prepared
+    optimizer: Any
+    signal: Any  # a mergekd.signal source, or None when no term reads teacher rows
+    max_tokens: int
+    pad_id: int
+    start_step: int = 0
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def micro(self) -> int:
+        return self.cfg.batch_size // (self.world * self.cfg.grad_accum)
+
+    @property
+    def mixer(self):
+        return getattr(self.signal, "mixer", None)
+
+
 def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | None = None) -> Path:
     """Run (or resume) a distillation; returns the export folder ``OUT/final``.
 
@@ -158,9 +193,23 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
     if teachers is not None and len(teachers) != len(cfg.teachers):
         raise ConfigError(f"distill: {len(teachers)} loaded teachers given for {len(cfg.teachers)} teacher specs; "
                           "pass one per spec, in the same order")
+    run = _prepare(cfg, show_progress, teachers)
+    _resume(run)
+    with _progress_bar(run, show_progress) as (bar, task):
+        run.model.train()
+        for step in range(run.start_step, cfg.steps):
+            record, logs, samples = _train_step(run, step)
+            _log_step(run, record, logs, samples, bar, task)
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                _checkpoint(run, step + 1)
+    return _export(run, show_progress)
+
+
+def _prepare(cfg: DistillConfig, show_progress: bool, teachers: list | None) -> Run:
+    """Build the accelerator, student (+ head, + trie rows), optimizer, data and signal; refuse what cannot run.
+    The data is read (and refused) before anything is written or any teacher loads."""
     from accelerate.utils import set_seed
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     accelerator = _accelerator(cfg)
     console = Console(quiet=not (show_progress and accelerator.is_main_process))
@@ -168,15 +217,26 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by processes ({world}) × grad_accum "
                           f"({cfg.grad_accum}) so every process gets equal micro-batches")
-    out = Path(cfg.out)
     set_seed(cfg.seed)
     student, tokenizer = load_student(cfg.student)
     vocab = byte_vocab_for(tokenizer)
-    # the data is read (and refused) before anything is written or any teacher loads
     data = read_data(cfg.data, seq_bytes=cfg.seq_bytes, prompt_bytes=cfg.prompt_bytes, tokenizer=tokenizer,
                      need_response=cfg.on_policy < 1)
     terms = cfg.terms()
-    use_signal = cfg.uses_teacher_rows  # teachers load (or the cache opens) only when a term reads their rows
+    model, optimizer = _student_module(cfg, student, vocab, terms)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    _check_data_kind(cfg, data)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    # teachers load (or the cache opens) only when a term reads their rows
+    signal = _build_signal(cfg, accelerator.device, console.print, teachers) if cfg.uses_teacher_rows else None
+    return Run(cfg=cfg, accelerator=accelerator, console=console, out=Path(cfg.out), tokenizer=tokenizer,
+               vocab=vocab, data=data, terms=terms, model=model, optimizer=optimizer, signal=signal,
+               max_tokens=int(getattr(student.config, "max_position_embeddings", 2048)),
+               pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+
+def _student_module(cfg: DistillConfig, student, vocab, terms) -> tuple[StudentWithHead, torch.optim.Optimizer]:
+    """The student with the byte head and trie rows that the objective's terms need, and its optimizer."""
     use_head = any(t.needs_byte_head for t in terms)
     head = build_byte_head(cfg.byte_head, student.config.hidden_size, cfg.byte_offsets) if use_head else None
     if cfg.lora_rank > 0:
@@ -186,129 +246,149 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
     model = StudentWithHead(student, head, byte_rows)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer
+
+
+def _check_data_kind(cfg: DistillConfig, data) -> None:
     if data.kind == "prompt" and cfg.cache is not None:
         raise ConfigError(f"cache: {cfg.data} holds prompt/response pairs, but byte caches cover plain-text chunks; "
                           "drop --cache (teachers run online)")
     if data.kind == "prompt" and cfg.prompt_bytes >= cfg.seq_bytes:
         raise ConfigError(f"prompt_bytes: {cfg.prompt_bytes} must be smaller than seq_bytes ({cfg.seq_bytes}) so "
                           "responses have room; lower --prompt-bytes or raise --seq-bytes")
-    chunks = data.texts
-    out.mkdir(parents=True, exist_ok=True)
-    signal = _build_signal(cfg, accelerator.device, console.print, teachers) if use_signal else None
-    max_tokens = int(getattr(student.config, "max_position_embeddings", 2048))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    start_step = 0
-    fingerprint = cfg.fingerprint()
-    ckpt = latest_checkpoint(out)
-    mixer = getattr(signal, "mixer", None)
+
+def _resume(run: Run) -> None:
+    """Load the latest checkpoint (model, optimizer, RNG, mixer) or fit a fresh mixer; trim the logs to the step."""
+    ckpt = latest_checkpoint(run.out)
     if ckpt is not None:
-        meta = check_resumable(ckpt, fingerprint)
-        accelerator.load_state(str(ckpt))
-        start_step = int(meta["step"])
-        if mixer is not None and (ckpt / "mixer.pt").is_file():
-            mixer.load_state_dict(torch.load(ckpt / "mixer.pt", weights_only=True))
-        console.print(f"resuming from {ckpt.name} (step {start_step}/{cfg.steps})")
-    elif signal is not None:
-        _fit_mixer(signal, cfg, chunks)
+        meta = check_resumable(ckpt, run.cfg.fingerprint())
+        run.accelerator.load_state(str(ckpt))
+        run.start_step = int(meta["step"])
+        if run.mixer is not None and (ckpt / "mixer.pt").is_file():
+            run.mixer.load_state_dict(torch.load(ckpt / "mixer.pt", weights_only=True))
+        run.console.print(f"resuming from {ckpt.name} (step {run.start_step}/{run.cfg.steps})")
+    elif run.signal is not None:
+        _fit_mixer(run.signal, run.cfg, run.data.texts)
+    if run.accelerator.is_main_process:
+        _truncate_metrics(run.out / "metrics.jsonl", run.start_step)
+        _truncate_metrics(run.out / "samples.jsonl", run.start_step)
 
-    metrics_path = out / "metrics.jsonl"
-    samples_path = out / "samples.jsonl"
-    if accelerator.is_main_process:
-        _truncate_metrics(metrics_path, start_step)
-        _truncate_metrics(samples_path, start_step)
-    meta = {"fingerprint": fingerprint, "config": cfg.model_dump(mode="json")}
-    writers = [lambda folder: torch.save(mixer.state_dict(), folder / "mixer.pt")] if mixer is not None and \
-        hasattr(mixer, "state_dict") else []
-    micro = cfg.batch_size // (world * cfg.grad_accum)
+
+@contextmanager
+def _progress_bar(run: Run, show_progress: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = [TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn()]
-    with Progress(*columns, console=console, disable=not (show_progress and accelerator.is_main_process)) as bar:
-        task = bar.add_task("distill", total=cfg.steps, completed=start_step, info="")
-        model.train()
-        for step in range(start_step, cfg.steps):
-            t0 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            indices = batch_indices(len(chunks), step, cfg.batch_size, cfg.seed)
-            mine = indices[accelerator.process_index::world]
-            positions = list(range(accelerator.process_index, len(indices), world))  # in the global batch
-            on_policy = is_on_policy_step(step, cfg.on_policy, cfg.seed)
-            logs: dict[str, float] = {}
-            nbytes = 0
-            samples: list[dict] = []
-            for m in range(cfg.grad_accum):
-                part_idx = mine[m * micro:(m + 1) * micro]
-                examples = [data.examples[i] for i in part_idx]
-                if on_policy:
-                    drawn = _sample(accelerator, model, vocab, examples, positions[m * micro:(m + 1) * micro],
-                                    step, cfg, max_tokens, pad_id)
-                    part = [s.text for s in drawn]
-                    loss_from = [s.prompt_bytes for s in drawn]
-                    samples += [{"step": step + 1, "index": pos, "prompt": s.prompt, "sample": s.continuation,
-                                 "tokens": s.tokens, "trimmed_bytes": s.trimmed}
-                                for pos, s in zip(positions[m * micro:(m + 1) * micro], drawn)]
-                else:
-                    part = [e.text for e in examples]
-                    loss_from = [e.loss_from for e in examples]
-                nbytes += sum(len(t.encode("utf-8")) for t in part)
-                batch, _ = build_student_batch(vocab, part, cfg.byte_offsets, max_tokens, pad_id, loss_from)
-                teacher_lp = teacher_mask = None
-                if signal is not None:
-                    teacher_lp, teacher_mask = signal(part, part_idx)
-                    teacher_lp, teacher_mask = teacher_lp.to(accelerator.device), teacher_mask.to(accelerator.device)
-                with accelerator.accumulate(model):
-                    with accelerator.autocast():
-                        # on sampled batches only the teacher terms train (no reference text to take CE on)
-                        parts = model(batch.to(accelerator.device), teacher_lp, teacher_mask, terms, on_policy)
-                    if not torch.isfinite(parts["loss"]):
-                        raise NonFiniteError(
-                            f"loss is {parts['loss'].item()} at step {step + 1} ("
-                            + ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in parts.items() if k != "loss")
-                            + "); lower --lr, or resume from the last checkpoint with other settings")
-                    accelerator.backward(parts["loss"])
-                    optimizer.step()
-                    optimizer.zero_grad()
-                for k, v in parts.items():  # means over micro-batches; counts (tokens) add up
-                    logs[k] = logs.get(k, 0.0) + float(v.detach()) / (1 if k == "tokens" else cfg.grad_accum)
-            if on_policy and world > 1:
-                from accelerate.utils import gather_object
+    with Progress(*columns, console=run.console,
+                  disable=not (show_progress and run.accelerator.is_main_process)) as bar:
+        yield bar, bar.add_task("distill", total=run.cfg.steps, completed=run.start_step, info="")
 
-                samples = sorted(gather_object(samples), key=lambda r: r["index"])
-            elapsed = time.perf_counter() - t0
-            record = {"step": step + 1, "lr": lr_at(step, cfg), **{k: round(v, 6) for k, v in logs.items()},
-                      "bytes_per_s": round(nbytes * world / elapsed, 1), "on_policy": on_policy}
-            if on_policy:
-                sample_bytes = [len(r["sample"].encode("utf-8")) for r in samples]
-                record["sample_bytes"] = round(sum(sample_bytes) / max(len(sample_bytes), 1), 1)
-                record["sample_trimmed_bytes"] = sum(r["trimmed_bytes"] for r in samples)
-            if accelerator.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
-                with metrics_path.open("a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-            if accelerator.is_main_process and samples:
-                # one write per step: a kill leaves whole steps or a torn last line (dropped on resume)
-                with samples_path.open("a") as fh:
-                    fh.write("".join(json.dumps(r) + "\n" for r in samples))
-            info = " ".join(f"{k} {logs[k]:.3f}" for k in ("loss", *(t.name for t in terms)) if k in logs)
-            if on_policy:
-                info += f" | on-policy {record['sample_bytes']:.0f} B/sample"
-            bar.update(task, advance=1, info=f"{info} | {record['bytes_per_s']:.0f} B/s")
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                save_checkpoint(accelerator, out, step + 1, meta, writers, keep=cfg.keep_checkpoints)
 
+def _train_step(run: Run, step: int) -> tuple[dict, dict[str, float], list[dict]]:
+    """One optimizer step over this process's share of the global batch, in ``grad_accum`` micro-batches.
+    Returns the metrics record, the summed loss parts and the on-policy samples (gathered from every process)."""
+    cfg, accelerator = run.cfg, run.accelerator
+    t0 = time.perf_counter()
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    indices = batch_indices(len(run.data.examples), step, cfg.batch_size, cfg.seed)
+    mine = indices[accelerator.process_index::run.world]
+    positions = list(range(accelerator.process_index, len(indices), run.world))  # in the global batch
+    on_policy = is_on_policy_step(step, cfg.on_policy, cfg.seed)
+    logs: dict[str, float] = {}
+    nbytes, samples = 0, []
+    for m in range(cfg.grad_accum):
+        part = slice(m * run.micro, (m + 1) * run.micro)
+        parts, n, drawn = _micro_step(run, step, mine[part], positions[part], on_policy)
+        nbytes, samples = nbytes + n, samples + drawn
+        for k, v in parts.items():  # means over micro-batches; counts (tokens) add up
+            logs[k] = logs.get(k, 0.0) + float(v.detach()) / (1 if k == "tokens" else cfg.grad_accum)
+    if on_policy and run.world > 1:
+        from accelerate.utils import gather_object
+
+        samples = sorted(gather_object(samples), key=lambda r: r["index"])
+    elapsed = time.perf_counter() - t0
+    record = {"step": step + 1, "lr": lr_at(step, cfg), **{k: round(v, 6) for k, v in logs.items()},
+              "bytes_per_s": round(nbytes * run.world / elapsed, 1), "on_policy": on_policy}
+    if on_policy:
+        sample_bytes = [len(r["sample"].encode("utf-8")) for r in samples]
+        record["sample_bytes"] = round(sum(sample_bytes) / max(len(sample_bytes), 1), 1)
+        record["sample_trimmed_bytes"] = sum(r["trimmed_bytes"] for r in samples)
+    return record, logs, samples
+
+
+def _micro_step(run: Run, step: int, part_idx: list[int], positions: list[int], on_policy: bool):
+    """Forward, backward and (on the last micro-batch) the optimizer step of one micro-batch.
+    Returns the loss parts, the text bytes trained on and the on-policy sample records."""
+    cfg, accelerator = run.cfg, run.accelerator
+    examples = [run.data.examples[i] for i in part_idx]
+    samples: list[dict] = []
+    if on_policy:
+        drawn = _sample(accelerator, run.model, run.vocab, examples, positions, step, cfg, run.max_tokens,
+                        run.pad_id)
+        texts, loss_from = [s.text for s in drawn], [s.prompt_bytes for s in drawn]
+        samples = [{"step": step + 1, "index": pos, "prompt": s.prompt, "sample": s.continuation,
+                    "tokens": s.tokens, "trimmed_bytes": s.trimmed} for pos, s in zip(positions, drawn)]
+    else:
+        texts, loss_from = [e.text for e in examples], [e.loss_from for e in examples]
+    batch, _ = build_student_batch(run.vocab, texts, cfg.byte_offsets, run.max_tokens, run.pad_id, loss_from)
+    teacher_lp = teacher_mask = None
+    if run.signal is not None:
+        teacher_lp, teacher_mask = run.signal(texts, part_idx)
+        teacher_lp, teacher_mask = teacher_lp.to(accelerator.device), teacher_mask.to(accelerator.device)
+    with accelerator.accumulate(run.model):
+        with accelerator.autocast():
+            # on sampled batches only the teacher terms train (no reference text to take CE on)
+            parts = run.model(batch.to(accelerator.device), teacher_lp, teacher_mask, run.terms, on_policy)
+        if not torch.isfinite(parts["loss"]):
+            raise NonFiniteError(
+                f"loss is {parts['loss'].item()} at step {step + 1} ("
+                + ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in parts.items() if k != "loss")
+                + "); lower --lr, or resume from the last checkpoint with other settings")
+        accelerator.backward(parts["loss"])
+        run.optimizer.step()
+        run.optimizer.zero_grad()
+    return parts, sum(len(t.encode("utf-8")) for t in texts), samples
+
+
+def _log_step(run: Run, record: dict, logs: dict[str, float], samples: list[dict], bar, task) -> None:
+    """metrics.jsonl (every ``log_every`` steps and the last), samples.jsonl (one write per step: a kill leaves
+    whole steps or a torn last line, dropped on resume), and the progress bar."""
+    step, cfg = record["step"], run.cfg
+    if run.accelerator.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
+        with (run.out / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    if run.accelerator.is_main_process and samples:
+        with (run.out / "samples.jsonl").open("a") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in samples))
+    info = " ".join(f"{k} {logs[k]:.3f}" for k in ("loss", *(t.name for t in run.terms)) if k in logs)
+    if record["on_policy"]:
+        info += f" | on-policy {record['sample_bytes']:.0f} B/sample"
+    bar.update(task, advance=1, info=f"{info} | {record['bytes_per_s']:.0f} B/s")
+
+
+def _checkpoint(run: Run, step: int) -> None:
+    meta = {"fingerprint": run.cfg.fingerprint(), "config": run.cfg.model_dump(mode="json")}
+    mixer = run.mixer
+    writers = [lambda folder: torch.save(mixer.state_dict(), folder / "mixer.pt")] if mixer is not None and \
+        hasattr(mixer, "state_dict") else []
+    save_checkpoint(run.accelerator, run.out, step, meta, writers, keep=run.cfg.keep_checkpoints)
+
+
+def _export(run: Run, show_progress: bool) -> Path:
+    """Every process joins the gathering of the full weights (a collective under FSDP / ZeRO-3; the module's own
+    tensors under DDP); then the main process alone merges, evaluates and saves, with no collective inside."""
     from .export import export_student, gather_student_state
 
-    final = out / "final"
-    # every process joins the gathering of the full weights (a collective under FSDP / ZeRO-3; the module's own
-    # tensors under DDP); then the main process alone merges, evaluates and saves, with no collective inside
-    state = gather_student_state(accelerator, model)
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        export_student(unwrapped.student, tokenizer, final, cfg, signal, show_progress=show_progress,
+    final = run.out / "final"
+    state = gather_student_state(run.accelerator, run.model)
+    if run.accelerator.is_main_process:
+        unwrapped = run.accelerator.unwrap_model(run.model)
+        export_student(unwrapped.student, run.tokenizer, final, run.cfg, run.signal, show_progress=show_progress,
                        state_dict=state)
-    accelerator.wait_for_everyone()
+    run.accelerator.wait_for_everyone()
     return final
 
 
