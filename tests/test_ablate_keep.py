@@ -52,25 +52,26 @@ def test_new_eval_data_rescores_the_exports_without_retraining(tmp_path, monkeyp
     from mergekd.student import load_student
 
     out = tmp_path / "out"
-    grid = {"teachers": ["none"], "seed": [0, 1]}
-    first, _ = _run(_cfg(base=TINY, grid=grid), out)
-    models = {r["id"]: out / "cells" / r["id"] / "final" / "model.safetensors" for r in first.rows}
-    before = {cell: _stamp(p) for cell, p in models.items()}
+    grid = {"teachers": ["none"]}
+    first, _ = _run(_cfg(base=TINY, grid=grid, seeds=[0, 1]), out)  # two runs: ce-only seeds 0 and 1
+    models = {r["seed"]: out / "cells" / r["id"] / f"seed-{r['seed']}" / "final" / "model.safetensors"
+              for r in first.rows}
+    before = {seed: _stamp(p) for seed, p in models.items()}
 
     _refuse_training(monkeypatch)
-    again, lines = _run(_cfg(base={**TINY, "eval_data": NEW_EVAL}, grid=grid), out)
+    again, lines = _run(_cfg(base={**TINY, "eval_data": NEW_EVAL}, grid=grid, seeds=[0, 1]), out)
     assert [r["status"] for r in again.rows] == ["re-scored", "re-scored"]
-    assert {cell: _stamp(p) for cell, p in models.items()} == before  # same files, same inodes: not retrained
+    assert {seed: _stamp(p) for seed, p in models.items()} == before  # same files, same inodes: not retrained
     eval_file = target_path(NEW_EVAL, out)
     for old, row in zip(first.rows, again.rows):
-        model, tok = load_student(f"hf:{models[row['id']].parent}")
+        model, tok = load_student(f"hf:{models[row['seed']].parent}")
         assert row["bpb"] == evaluate_file(model, tok, eval_file)["bpb"] != old["bpb"]
-        saved = json.loads((out / "cells" / row["id"] / "result.json").read_text())
+        saved = json.loads((models[row["seed"]].parents[1] / "result.json").read_text())
         assert saved["bpb"] == row["bpb"] and saved["fingerprint"] == old["fingerprint"]
     assert sum("re-scoring its export" in line for line in lines) == 2
-    assert not list((out / "cells").glob("*.old-*"))  # nothing moved aside
+    assert not list((out / "cells").rglob("*.old-*"))  # nothing moved aside
 
-    third, _ = _run(_cfg(base={**TINY, "eval_data": NEW_EVAL}, grid=grid), out)
+    third, _ = _run(_cfg(base={**TINY, "eval_data": NEW_EVAL}, grid=grid, seeds=[0, 1]), out)
     assert [r["status"] for r in third.rows] == ["skipped", "skipped"]
 
 

@@ -20,6 +20,7 @@ YAML schema (see ``configs/ablations/small.yaml``)::
       kl_weight: [0.1, 1.0]
     cells:             # optional extra cells: DistillConfig overrides on base (+ optional id)
       - {teachers: smollm2-135m, kl_weight: 2.0, id: smollm2-strong}
+    seeds: [0, 1, 2]   # optional: every cell trains once per seed (DistillConfig.seed); default: base seed only
     cache: true        # true (default: capture once under OUT/cache) | false (teachers online) | PATH | mapping
     teacher_eval: true # each teacher's own held-out BPB as a reference line
     labels: {smollm2-135m: smol}   # optional short names for cell ids
@@ -52,6 +53,9 @@ TEACHER_ONLY = ("mix", "fit_data", "kl_weight", "byte_ce_weight", "trie_kl_weigh
 # Set by ablate itself: each cell's run folder and (when caching) its view of the shared teacher cache.
 MANAGED = {"out": "each cell runs in OUT/cells/<cell id>; choose OUT with --out",
            "cache": "use the top-level `cache:` setting of the ablation config"}
+# Not an axis and not a per-cell override: seeds repeat every cell (one way to say it, see AblationConfig.seeds).
+SEED_HINT = ("seeds are not an axis: list them in the top-level `seeds: [0, 1, 2]` setting (every cell then trains "
+             "once per seed, and the reports give the mean, sd and 95% interval over seeds)")
 # Axes named first in cell ids and tables, in this order; other axes follow alphabetically.
 AXIS_ORDER = ("teachers", "mix", "kl_weight", "byte_ce_weight", "trie_kl_weight", "byte_head")
 ID_PREFIX = {"kl_weight": "kl", "byte_ce_weight": "bce", "token_ce_weight": "tce", "trie_kl_weight": "trie",
@@ -149,6 +153,8 @@ class AblationConfig(BaseModel):
     base: dict[str, Any]
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     cells: list[dict[str, Any]] = Field(default_factory=list)
+    seeds: list[int] | None = Field(None, description="train every cell once per seed (DistillConfig.seed); "
+                                                      "default: the base seed only")
     cache: CacheSettings = Field(default_factory=CacheSettings)
     teacher_eval: bool = True
     teacher_device: str = Field("auto", description="device for cache capture and teacher BPB: auto, cpu, cuda")
@@ -183,6 +189,19 @@ class AblationConfig(BaseModel):
             out[name] = values
         return out
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_are_distinct(cls, v):
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("seeds: empty list; give at least one seed or drop the setting")
+        if any(s < 0 for s in v):
+            raise ValueError(f"seeds: {v} — seeds are non-negative integers")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds: {v} repeats a seed; each seed is one training run per cell")
+        return v
+
     @field_validator("labels")
     @classmethod
     def _labels_are_slugs(cls, v):
@@ -197,6 +216,14 @@ class AblationConfig(BaseModel):
         _check_field_names(self.grid, "grid")
         for i, cell in enumerate(self.cells):
             _check_field_names([k for k in cell if k != "id"], f"cells[{i}]")
+        if "seed" in self.grid:
+            raise ValueError(f"grid.seed: {SEED_HINT}")
+        for i, cell in enumerate(self.cells):
+            if "seed" in cell:
+                raise ValueError(f"cells[{i}].seed: {SEED_HINT}")
+        if self.seeds is not None and "seed" in self.base and self.base["seed"] not in self.seeds:
+            raise ValueError(f"base.seed: {self.base['seed']!r} is not among seeds {self.seeds}; the seeds every "
+                             "cell trains with are the `seeds:` list — drop base.seed or add it to seeds")
         for key in ("student", "data", "eval_data"):
             if self.base.get(key) in (None, ""):
                 raise ValueError(f"base.{key}: required" + (" (held-out text: every cell is scored on it)"
@@ -258,6 +285,12 @@ class Cell:
     values: dict[str, Any]
     config: DistillConfig
     labels: list[str] = field(default_factory=list)  # short names of its teachers
+    seed: int | None = None  # set on one seed's run of a multi-seed grid (see Plan.run); its config has that seed
+
+    @property
+    def name(self) -> str:
+        """How messages name it: the cell id, plus the seed for one run of a multi-seed grid."""
+        return self.id if self.seed is None else f"{self.id} (seed {self.seed})"
 
     @property
     def teachers(self) -> list[str]:

@@ -6,6 +6,7 @@ modules from importing each other.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,3 +36,31 @@ class Plan:
     @property
     def eval_files(self) -> list[Path]:
         return list(dict.fromkeys(Path(c.config.eval_data) for c in self.cells))
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds every cell trains with: ``seeds:``, or else the base seed alone (every cell's seed)."""
+        if self.config.seeds is not None:
+            return list(self.config.seeds)
+        return list(dict.fromkeys(c.config.seed for c in self.cells))
+
+    @property
+    def nested(self) -> bool:
+        """Whether runs live in ``OUT/cells/<id>/seed-<s>/`` (several seeds) or in ``OUT/cells/<id>/`` (one seed:
+        the layout of grids from before ``seeds:``, so their finished cells are found where they are)."""
+        return len(self.seeds) > 1
+
+    def run_folder(self, cell: Cell, seed: int) -> Path:
+        root = Path(cell.config.out)
+        return root / f"seed-{seed}" if self.nested else root
+
+    def run(self, cell: Cell, seed: int) -> Cell:
+        """One seed's run of a cell: the same cell with that seed and its own folder (``seed`` set, so messages
+        name it, only when the grid has several seeds)."""
+        config = cell.config.model_copy(update={"seed": seed, "out": self.run_folder(cell, seed)})
+        return dataclasses.replace(cell, config=config, seed=seed if self.nested else None)
+
+    def runs(self) -> list[Cell]:
+        """Every (cell, seed) run, seed-major: one full pass of the grid per seed, so an interrupted grid has
+        every cell (and its CE-only pair) before it has several seeds of any."""
+        return [self.run(c, s) for s in self.seeds for c in self.cells]

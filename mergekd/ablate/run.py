@@ -15,6 +15,10 @@ retrained; more steps → the distill loop resumes from the last checkpoint. A c
 :func:`mergekd.io.move_aside`) and is trained afresh; checkpoints of other settings, and an export that training
 is about to replace, are moved aside the same way. Every move is said in one line. All result files are written
 atomically.
+
+Seeds: with ``seeds: [0, 1, 2]`` every cell trains once per seed, each (cell, seed) run in its own folder
+``OUT/cells/<id>/seed-<s>/`` (one seed keeps ``OUT/cells/<id>/``, see :mod:`mergekd.ablate.layout`), and every
+rule above holds per run: a run is one "cell" to :func:`run_cell`, with the seed in its training fingerprint.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +245,7 @@ def run_cell(cell: Cell, key: CellKey, *, show_progress: bool, say) -> dict:
     saved = _read_json(folder / "result.json")
     if saved is not None and key.trained(saved.get("fingerprint")) and saved.get("steps") == key.steps:
         if saved.get("eval_key") == key.evaluation or saved["fingerprint"] == key.legacy:
-            return {**_upgrade(cell, key, saved), "status": "skipped"}
+            return {**_upgrade(cell, key, saved), "seed": cell.config.seed, "status": "skipped"}
         if (folder / "final").is_dir():
             return _rescore(cell, key, saved, say)
     _make_room(cell, key, saved, say)
@@ -250,10 +254,14 @@ def run_cell(cell: Cell, key: CellKey, *, show_progress: bool, say) -> dict:
 
 def _upgrade(cell: Cell, key: CellKey, saved: dict) -> dict:
     """A result recorded before the training/evaluation split matched its legacy fingerprint (same training,
-    same held-out text): record both keys now, so a later change of eval_data re-scores it, not retrains it."""
-    if saved["fingerprint"] == key.training and saved.get("eval_key") == key.evaluation:
+    same held-out text): record both keys now, so a later change of eval_data re-scores it, not retrains it.
+    A run moved to another folder (one seed ↔ several, :mod:`mergekd.ablate.layout`) records its export's new
+    place the same way."""
+    export = str(Path(cell.config.out) / "final")
+    if saved["fingerprint"] == key.training and saved.get("eval_key") == key.evaluation and \
+            saved.get("export", export) == export:
         return saved
-    record = {**saved, "fingerprint": key.training, "eval_key": key.evaluation}
+    record = {**saved, "fingerprint": key.training, "eval_key": key.evaluation, "export": export}
     _write_marker(cell, key)
     _write_result(cell, record)
     return record
@@ -263,12 +271,12 @@ def _rescore(cell: Cell, key: CellKey, saved: dict, say) -> dict:
     """Only the held-out text (or the scoring) changed: score the existing export on it. The export is only
     read, so ``final/`` keeps its files (same inodes); the training record (loss, steps, seconds) is kept."""
     final = Path(cell.config.out) / "final"
-    say(f"  held-out text of {cell.id} changed: re-scoring its export {final} (no retraining)")
+    say(f"  held-out text of {cell.name} changed: re-scoring its export {final} (no retraining)")
     record = {**saved, **_score_fields(_score(final, Path(cell.config.eval_data))), "fingerprint": key.training,
               "eval_key": key.evaluation, "export": str(final)}
     _write_marker(cell, key)
     _write_result(cell, record)
-    return {**record, "status": "re-scored"}
+    return {**record, "seed": cell.config.seed, "status": "re-scored"}
 
 
 def _aside(path: Path, why: str, say) -> Path:
@@ -289,18 +297,19 @@ def _make_room(cell: Cell, key: CellKey, saved: dict | None, say) -> None:
     if not folder.exists():
         return
     if not key.trained((_read_json(folder / "cell.json") or {}).get("fingerprint")):
-        _aside(folder, f"training settings of {cell.id} changed since it was trained", say)
+        _aside(folder, f"training settings of {cell.name} changed since it was trained", say)
         return
     ckpt = latest_checkpoint(folder)
     if ckpt is not None and read_meta(ckpt).get("fingerprint") != cell.config.fingerprint():
-        _aside(folder / "checkpoints", f"checkpoints of {cell.id} belong to other settings", say)
+        _aside(folder / "checkpoints", f"checkpoints of {cell.name} belong to other settings", say)
         ckpt = None
     done = int(read_meta(ckpt)["step"]) if ckpt is not None else 0
     recorded = saved.get("steps", 0) if saved is not None and key.trained(saved.get("fingerprint")) else 0
     if max(done, recorded) > key.steps:
-        _aside(folder, f"{cell.id} was trained for {max(done, recorded)} steps, more than steps={key.steps}", say)
+        _aside(folder, f"{cell.name} was trained for {max(done, recorded)} steps, more than steps={key.steps}",
+               say)
     elif done < key.steps and (folder / "final").is_dir():
-        _aside(folder / "final", f"training {cell.id} to {key.steps} steps will replace its export", say)
+        _aside(folder / "final", f"training {cell.name} to {key.steps} steps will replace its export", say)
 
 
 def _train(cell: Cell, key: CellKey, show_progress: bool) -> dict:
@@ -320,7 +329,8 @@ def _train(cell: Cell, key: CellKey, show_progress: bool) -> dict:
     seconds = time.perf_counter() - t0
     # the export's eval.json was measured on this cell's eval_data; an export without one is scored here
     scored = _read_json(final / "eval.json") or _score(final, Path(cell.config.eval_data))
-    record = {"id": cell.id, "fingerprint": key.training, "eval_key": key.evaluation, "values": dict(cell.values),
+    record = {"id": cell.id, "seed": cell.config.seed, "fingerprint": key.training, "eval_key": key.evaluation,
+              "values": dict(cell.values),
               "teachers": cell.teachers, "labels": cell.labels, **_score_fields(scored),
               "final_loss": _last_metrics(folder).get("loss"), "steps": cell.config.steps,
               "seconds": round(seconds, 1), "export": str(final)}
@@ -330,11 +340,16 @@ def _train(cell: Cell, key: CellKey, show_progress: bool) -> dict:
 
 @dataclass
 class AblationResult:
+    """``rows``: one record per (cell, seed) run (``id``, ``seed``, ``bpb``, ``status`` ...), seed-major;
+    ``table``: one row per cell as the reports show it (mean, sd and 95% interval over seeds when several)."""
+
     out: Path
     cells: list[Cell]
     rows: list[dict]
     teachers: list[dict]
     files: dict[str, Path]
+    seeds: list[int] = field(default_factory=list)
+    table: list[dict] = field(default_factory=list)
 
 
 def run_ablation(config: AblationConfig | Path | str, out: Path | str, *, console=None, show_progress: bool = True,
@@ -346,7 +361,7 @@ def run_ablation(config: AblationConfig | Path | str, out: Path | str, *, consol
     """
     from rich.console import Console
 
-    from .report import print_plan, print_table, write_reports
+    from .report import print_plan, print_table, table_rows, write_reports
 
     console = console or Console()
     cfg = config if isinstance(config, AblationConfig) else load_ablation(config)
@@ -372,7 +387,8 @@ def run_ablation(config: AblationConfig | Path | str, out: Path | str, *, consol
     files = write_reports(plan, rows, teachers, png=True)
     print_table(plan, rows, teachers, console)
     say(f"results: {', '.join(str(p) for p in files.values())} ({_clock(time.perf_counter() - start)})")
-    return AblationResult(out, plan.cells, rows, teachers, files)
+    table = [{k: v for k, v in r.items() if not k.startswith("_")} for r in table_rows(plan, rows)[1]]
+    return AblationResult(out, plan.cells, rows, teachers, files, plan.seeds, table)
 
 
 def _data_specs(cfg: AblationConfig) -> set[str]:
@@ -441,19 +457,25 @@ def _sample_judge(plan: Plan, cfg: AblationConfig, device: str, say):
 
 def _run_cells(plan: Plan, cache_idents: dict[str, dict], teachers: list[dict], judge, *, show_progress: bool,
                say, start: float) -> list[dict]:
-    """Every cell in grid order; the reports are rewritten after each, so an interrupted grid keeps its rows."""
+    """Every (cell, seed) run — grid order, one pass per seed (:meth:`Plan.runs`); the reports are rewritten
+    after each, so an interrupted grid keeps its rows. Returns one record per run (``id`` and ``seed``)."""
+    from .layout import arrange
     from .report import write_reports
 
+    for cell in plan.cells:  # one seed ↔ several: move finished runs to their folders before anything runs
+        arrange(Path(cell.config.out), plan.seeds, plan.nested, cell.id, say)
+    runs = plan.runs()
+    what = "run" if plan.nested else "cell"
     rows: list[dict] = []
     try:
-        for i, cell in enumerate(plan.cells, 1):
+        for i, run in enumerate(runs, 1):
             t0 = time.perf_counter()
-            key = cell_key(cell, cache_idents.get(cell.id))
-            say(f"[bold]cell {i}/{len(plan.cells)}[/] {cell.id} — {cell.config.steps} steps (total elapsed "
+            key = cell_key(run, cache_idents.get(run.id))
+            say(f"[bold]{what} {i}/{len(runs)}[/] {run.name} — {run.config.steps} steps (total elapsed "
                 f"{_clock(time.perf_counter() - start)})")
-            row = run_cell(cell, key, show_progress=show_progress, say=say)
+            row = run_cell(run, key, show_progress=show_progress, say=say)
             if judge is not None:
-                row.update(judge.score(Path(cell.config.out), Path(row["export"])))
+                row.update(judge.score(Path(run.config.out), Path(row["export"])))
                 say(f"  teacher-scored BPB of its own samples: {row['sample_bpb']:.4f}")
             rows.append(row)
             say(f"  {row['status']}: held-out {row['bpb']:.4f} bits/byte in {_clock(time.perf_counter() - t0)} "

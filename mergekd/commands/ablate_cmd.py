@@ -9,7 +9,7 @@ import typer
 
 
 def ablate_command(
-    config: Path = typer.Argument(..., help="ablation YAML: base, grid, cells, cache, teacher_eval"),
+    config: Path = typer.Argument(..., help="ablation YAML: base, grid, cells, seeds, cache, teacher_eval"),
     out: Optional[Path] = typer.Option(None, help="ablation folder (default runs/ablate-<config name>)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate every cell (settings, mixer, teacher and "
                                  "student specs, data files) and list the cells; load and write nothing"),
@@ -18,7 +18,8 @@ def ablate_command(
     """Distil every cell of a grid (teacher subsets × mixers × loss weights × ...), score each on held-out text,
     and write results.csv / results.md / results.png. Rerunning skips finished cells, resumes interrupted ones
     (and ones given more steps), re-scores a cell whose only change is eval_data, and moves aside (never deletes)
-    a cell folder or owned teacher cache whose training settings changed.
+    a cell folder or owned teacher cache whose training settings changed. With `seeds: [0, 1, 2]` in the config
+    every cell trains once per seed and the reports give mean ± 95% interval over seeds.
 
     Example: mergekd ablate configs/ablations/small.yaml --out runs/ablate-small
     """
