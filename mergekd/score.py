@@ -217,7 +217,8 @@ def score(teachers: str | Sequence[str], data: Path | str, *, fit_data: Path | s
     data files) is checked first. ``device``/``batch_size``/``byte_rule``/``max_length`` are defaults for every teacher; options
     in a spec string win.
     """
-    from .teachers import check_loadable, load_teacher, resolve_teacher
+    from .teachers import check_loadable, resolve_teacher
+    from .teachers.adapter import one_at_a_time
 
     progress = progress or _Silent()
     overrides = {"device": device, "batch_size": batch_size, "byte_rule": byte_rule, "max_length": max_length}
@@ -242,25 +243,23 @@ def score(teachers: str | Sequence[str], data: Path | str, *, fit_data: Path | s
     fit_logprobs: list[torch.Tensor] = []
     fit_masks: list[torch.Tensor] = []
     partial: list[tuple] = []
-    for r in resolved:
+    def announce(r) -> None:
         progress.message(f"loading teacher {r.name} ({r.spec.location_label()})")
-        teacher = load_teacher(r)
-        try:
-            progress.start(f"{r.name}: scoring", total)
-            start = time.perf_counter()
-            targets = teacher.byte_targets(texts, progress=progress.advance)
-            seconds = time.perf_counter() - start
-            logprobs.append(torch.cat([t.logprobs for t in targets]))
-            masks.append(torch.cat([t.mask for t in targets]))
-            if fit_texts:
-                progress.start(f"{r.name}: fit data", sum(len(t.encode("utf-8")) for t in fit_texts))
-                fit_targets = teacher.byte_targets(fit_texts, progress=progress.advance)
-                fit_logprobs.append(torch.cat([t.logprobs for t in fit_targets]))
-                fit_masks.append(torch.cat([t.mask for t in fit_targets]))
-            partial.append((r.name, teacher.family, len(teacher.vocab), teacher.load_seconds, seconds))
-        finally:
-            teacher.close()
-            del teacher
+
+    # the generator first: after the last teacher, zip asks it once more, which frees that teacher too
+    for teacher, r in zip(one_at_a_time(resolved, before=announce), resolved):
+        progress.start(f"{r.name}: scoring", total)
+        start = time.perf_counter()
+        targets = teacher.byte_targets(texts, progress=progress.advance)
+        seconds = time.perf_counter() - start
+        logprobs.append(torch.cat([t.logprobs for t in targets]))
+        masks.append(torch.cat([t.mask for t in targets]))
+        if fit_texts:
+            progress.start(f"{r.name}: fit data", sum(len(t.encode("utf-8")) for t in fit_texts))
+            fit_targets = teacher.byte_targets(fit_texts, progress=progress.advance)
+            fit_logprobs.append(torch.cat([t.logprobs for t in fit_targets]))
+            fit_masks.append(torch.cat([t.mask for t in fit_targets]))
+        partial.append((r.name, teacher.family, len(teacher.vocab), teacher.load_seconds, seconds))
 
     common = torch.stack(masks).all(0)
     report = ScoreReport(data=str(data), bytes=total, chunks=len(texts), common_bytes=int(common.sum()))

@@ -303,7 +303,7 @@ def test_capture_into_a_cache_of_other_options_is_refused(world):
 
 
 def test_corrupt_shard_is_detected_never_used_and_rebuilt(world, monkeypatch):
-    import mergekd.cache.capture as capture_mod
+    import mergekd.teachers.adapter as capture_mod  # the one loader every teacher loop goes through
 
     cache = _copy(world, "corrupt")
     manifest = read_manifest(cache)
@@ -343,7 +343,7 @@ def test_missing_shard_file_is_reported(world):
 
 
 def test_interrupted_capture_resumes_without_recomputing_finished_shards(world, monkeypatch):
-    import mergekd.cache.capture as capture_mod
+    import mergekd.teachers.adapter as capture_mod  # the one loader every teacher loop goes through
 
     out = world["root"] / "resume"
     shutil.rmtree(out, ignore_errors=True)
@@ -384,7 +384,7 @@ def test_interrupted_capture_resumes_without_recomputing_finished_shards(world, 
 def test_cache_command_verify_reports_kl(world, tmp_path, monkeypatch):
     import typer
 
-    import mergekd.cache.verify as verify_mod
+    import mergekd.teachers.adapter as verify_mod  # the one loader every teacher loop goes through
     from typer.testing import CliRunner
 
     from mergekd.commands.cache_cmd import cache_command

@@ -136,7 +136,7 @@ def test_per_teacher_bpb_matches_manual_computation(report, manual):
 
 
 def test_teachers_are_loaded_one_at_a_time(folders, data_files, monkeypatch):
-    import mergekd.teachers as teachers_pkg
+    import mergekd.teachers.adapter as teachers_pkg  # the one loader every teacher loop goes through
 
     live, peak = [], []
     real_load = teachers_pkg.load_teacher
@@ -154,7 +154,7 @@ def test_teachers_are_loaded_one_at_a_time(folders, data_files, monkeypatch):
 
 
 def test_bad_teacher_lists_fail_before_loading(folders, data_files, monkeypatch, tmp_path):
-    import mergekd.teachers as teachers_pkg
+    import mergekd.teachers.adapter as teachers_pkg  # the one loader every teacher loop goes through
     from mergekd.teachers import MissingTeacherError
 
     def no_load(*args, **kwargs):

@@ -8,14 +8,13 @@ teacher whose shards are all finished is not even loaded.
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
 from ..errors import ConfigError
-from ..teachers import load_teacher
+from ..teachers.adapter import one_at_a_time
 from .codec import check_options, encode_rows
 from .identity import DataIdentity, data_identity, sha256_bytes, weights_sha256
 from .manifest import (
@@ -143,31 +142,26 @@ def capture_cache(out: Path | str, teachers: Sequence[str], data: Path | str, *,
                TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=not show_progress) as bar:
         tasks = [bar.add_task(f"t{i} {r.spec}", total=ident.num_bytes) for i, r in enumerate(manifest.teachers)]
+        work = []  # (index, record, pending shard ranges) of the teachers with something left to capture
         for index, record in enumerate(manifest.teachers):
             todo = _pending(out, manifest, index)
-            done_bytes = ident.num_bytes - sum(sum(chunk_sizes[s:e]) for s, e in todo)
-            bar.update(tasks[index], completed=done_bytes)
-            if not todo:
-                continue
-            bar.update(tasks[index], description=f"t{index} {record.spec} (loading)")
-            rule = manifest.teacher_options.get("byte_rule", "canonical")
-            teacher = load_teacher(record.spec, overrides={"device": device, "max_length": max_length,
-                                                           "byte_rule": rule, "batch_size": batch_size})
-            try:
-                weights = weights_sha256(teacher.model)
-                _check_identity(record, teacher, weights, out)
-                record.name, record.describe, record.weights_sha256 = teacher.name, teacher.describe(), weights
-                bar.update(tasks[index], description=f"t{index} {teacher.name}")
-                for start, stop in todo:
-                    shard = _capture_shard(out, manifest, index, teacher, chunks, start, stop,
-                                           lambda n, task=tasks[index]: bar.advance(task, n))
-                    record.shards = sorted([s for s in record.shards if s.start != start] + [shard],
-                                           key=lambda s: s.start)
-                    write_manifest(out, manifest)
-                    if on_shard is not None:
-                        on_shard(index, start, stop)
-            finally:
-                teacher.close()
-                del teacher
-                gc.collect()
+            bar.update(tasks[index], completed=ident.num_bytes - sum(sum(chunk_sizes[s:e]) for s, e in todo))
+            if todo:
+                work.append((index, record, todo))
+        overrides = {"device": device, "max_length": max_length, "batch_size": batch_size,
+                     "byte_rule": manifest.teacher_options.get("byte_rule", "canonical")}
+        # the generator first in zip: after the last teacher it is asked once more, which frees that teacher
+        for teacher, (index, record, todo) in zip(one_at_a_time([r.spec for _, r, _ in work], overrides), work):
+            weights = weights_sha256(teacher.model)
+            _check_identity(record, teacher, weights, out)
+            record.name, record.describe, record.weights_sha256 = teacher.name, teacher.describe(), weights
+            bar.update(tasks[index], description=f"t{index} {teacher.name}")
+            for start, stop in todo:
+                shard = _capture_shard(out, manifest, index, teacher, chunks, start, stop,
+                                       lambda n, task=tasks[index]: bar.advance(task, n))
+                record.shards = sorted([s for s in record.shards if s.start != start] + [shard],
+                                       key=lambda s: s.start)
+                write_manifest(out, manifest)
+                if on_shard is not None:
+                    on_shard(index, start, stop)
     return manifest

@@ -8,14 +8,13 @@ number of rows whose mask differs (should be 0: a nonzero count means the teache
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from ..errors import ConfigError
-from ..teachers import load_teacher
+from ..teachers.adapter import one_at_a_time
 from .codec import kl_per_row
 from .identity import data_identity, weights_sha256
 from .manifest import check_complete, check_data, check_rule, check_teachers, read_manifest
@@ -63,20 +62,15 @@ def verify_cache(cache: Path | str, teachers: Sequence[str] | None = None, data:
     max_length = max_length if max_length is not None else manifest.teacher_options.get("max_length")
     summary = manifest.summary()
     per_teacher = []
-    for k, record in enumerate(manifest.teachers):
-        say(f"recomputing {len(texts)} chunks with {record.label} ...")
-        teacher = load_teacher(record.spec, overrides={
-            "device": device, "max_length": max_length,
-            "byte_rule": manifest.teacher_options.get("byte_rule", "canonical")})
-        try:
-            if weights_sha256(teacher.model) != record.weights_sha256:
-                raise ConfigError(f"teacher {record.spec} now has other weights than when cache {cache} was captured; "
-                                  "its targets cannot be compared (capture the cache again)")
-            dense = teacher.byte_targets(texts)
-        finally:
-            teacher.close()
-            del teacher
-            gc.collect()
+    overrides = {"device": device, "max_length": max_length,
+                 "byte_rule": manifest.teacher_options.get("byte_rule", "canonical")}
+    loaded = one_at_a_time([r.spec for r in manifest.teachers], overrides,
+                           before=lambda spec: say(f"recomputing {len(texts)} chunks with {spec} ..."))
+    for k, (teacher, record) in enumerate(zip(loaded, manifest.teachers)):
+        if weights_sha256(teacher.model) != record.weights_sha256:
+            raise ConfigError(f"teacher {record.spec} now has other weights than when cache {cache} was captured; "
+                              "its targets cannot be compared (capture the cache again)")
+        dense = teacher.byte_targets(texts)
         kls, mismatched = [], 0
         for index, target in zip(picked, dense):
             cached, mask = store.chunk(k, index)

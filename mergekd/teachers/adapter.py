@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -164,6 +164,24 @@ class Teacher:
 
     def __repr__(self) -> str:
         return f"Teacher({self.name!r}, family={self.family!r}, vocab={len(self.vocab)})"
+
+
+def one_at_a_time(specs: Sequence, overrides: Mapping[str, Any] | None = None,
+                  before: Callable[[Any], None] | None = None) -> Iterator[Teacher]:
+    """Yield each teacher of ``specs`` (spec strings or resolved specs) loaded, and free it before the next loads.
+
+    Why one generator: scoring, capturing and verifying all hold one teacher in memory at a time (a 7B teacher
+    and a 270M one never share the RAM); ``before(spec)`` runs just before each load (progress messages)."""
+    for spec in specs:
+        if before is not None:
+            before(spec)
+        teacher = load_teacher(spec, overrides=overrides)
+        try:
+            yield teacher
+        finally:
+            teacher.close()
+            del teacher
+            gc.collect()
 
 
 def check_loadable(resolved: ResolvedTeacher) -> None:
