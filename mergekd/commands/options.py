@@ -19,24 +19,10 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 import typer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-
-class TeacherRuntime(BaseModel):
-    """How teachers run, shared by score, cache, distill, fidelity, eval and demo (a spec's own ``?options``
-    win over these)."""
-
-    teachers: str | None = Field(None, description="comma-separated teacher specs, e.g. smollm2-135m,gemma3-270m "
-                                                   "(registered names, hf:PATH_OR_ID, gguf:FILE; options after ?)")
-    teacher_device: str | None = Field(None, description="device of the teachers' forward passes: cpu, cuda, "
-                                                         "cuda:N, mps")
-    teacher_max_length: int | None = Field(None, ge=16, description="teacher window in tokens (default: the "
-                                                                    "teacher's own, min(model positions, 1024))")
-    teacher_batch_size: int | None = Field(None, ge=1, description="teacher windows per forward pass (default: as "
-                                                                   "many as keep the logits under 1 GiB)")
-    byte_rule: str | None = Field(None, description="every teacher's token → byte rule: canonical (fast, "
-                                                    "default) or exact:K=8 (covering sum; short texts)")
+from ..teachers.runtime import TeacherRuntime
 
 
 TEACHER_RUNTIME = tuple(TeacherRuntime.model_fields)

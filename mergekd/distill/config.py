@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError, one_line
+from ..teachers.runtime import TeacherRuntime as RUNTIME
 
 
 # The weight flags that expand into the objective's term list when no explicit ``objective`` is given.
@@ -78,10 +79,8 @@ class DistillConfig(BaseModel):
         "device", description="device: every teacher stays on its device; swap: one at a time, the rest on the CPU")
     teacher_device: str | None = Field(None, description="device of the teachers' forward passes (default: the "
                                                          "student's device)")
-    teacher_batch_size: int | None = Field(None, ge=1, description="teacher windows per forward pass (default: "
-                                                                   "as many as keep the logits under 1 GiB)")
-    teacher_max_length: int | None = Field(None, ge=16, description="teacher window in tokens; default: the "
-                                           "teacher's own (min(model positions, 1024)), the same for every command")
+    teacher_batch_size: int | None = RUNTIME.model_fields["teacher_batch_size"]  # one definition, shared
+    teacher_max_length: int | None = RUNTIME.model_fields["teacher_max_length"]  # with every teacher command
     byte_rule: str = Field("canonical", description="every teacher's token → byte rule: canonical (fast) or "
                                                     "exact:K=8 (covering sum; short texts only)")
     lora_rank: int = Field(0, ge=0, description="0 = full fine-tuning; >0 trains LoRA adapters (needs peft)")
