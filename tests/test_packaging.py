@@ -4,10 +4,11 @@ top-level ``teachers`` package lands in site-packages."""
 from __future__ import annotations
 
 import importlib.util
-import tomllib
 from pathlib import Path
 
 import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+ (mergekd itself runs on 3.10)
 
 ROOT = Path(__file__).parents[1]
 
