@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from teacher_fixtures import lowercasing_tokenizer, save_tiny_teacher
 
-from mergekd import score as score_mod
 from mergekd.errors import ConfigError, EmptyTextError, LossyTokenizerError, UnknownNameError
 from mergekd.score import actual_bytes, load_score_texts, score
 from mergekd.teachers import load_teacher
@@ -282,4 +281,6 @@ def test_real_teachers_score_english_prose(tmp_path, request):
         assert math.isfinite(t.bpb) and 0.3 < t.bpb < 2.0, t
         assert t.bytes_scored > 0.95 * report.bytes
     assert math.isfinite(report.mixture.bpb) and report.mixture.bpb < 2.0
-    score_mod.write_json_atomic(tmp_path / "real.json", report.to_json())
+    from mergekd.io import write_json
+
+    write_json(tmp_path / "real.json", report.to_json(), indent=2)
