@@ -144,3 +144,18 @@ def test_a_plugin_term_trains_from_yaml_and_cli(work, plugin_env, tmp_path):
     bad = _mergekd(["distill", *common, "--out", tmp_path / "bad", "--term", "logit-l2:scale=-1"], plugin_env,
                    tmp_path)
     assert bad.returncode == 2 and "scale" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ablate_baseline_of_a_term_list_grid_keeps_only_the_token_ce(tmp_path):
+    import yaml
+
+    from mergekd.ablate.config import expand_cells, load_ablation
+
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    cfg = {"base": {"student": STUDENT, "data": str(tmp_path / "t.txt"), "eval_data": str(tmp_path / "t.txt"),
+                    "objective": [{"term": "token_ce"}, {"term": "trie_kl", "weight": 3}]},
+           "grid": {"teachers": ["gpt2", "none"]}}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    cells = {c.id: c.config for c in expand_cells(load_ablation(tmp_path / "grid.yaml"), tmp_path / "out")}
+    assert [t.name for t in cells["gpt2"].terms()] == ["token_ce", "trie_kl"]
+    assert [t.name for t in cells["ce-only"].terms()] == ["token_ce"] and cells["ce-only"].teachers == []

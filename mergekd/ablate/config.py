@@ -411,7 +411,10 @@ def expand_cells(cfg: AblationConfig, out: Path) -> list[Cell]:
         if not teachers:  # one canonical baseline: teacher settings back to their defaults, no byte losses
             for key in TEACHER_ONLY:
                 fields.pop(key, None)
-            fields.update(byte_ce_weight=0.0, kl_weight=0.0)
+            if "objective" in fields:  # a term list: the baseline keeps its token CE term only
+                fields["objective"] = [t for t in fields["objective"] if _term_name(t) in ("token_ce", "token-ce", "ce")]
+            else:
+                fields.update(byte_ce_weight=0.0, kl_weight=0.0)
         elif len(teachers) == 1:
             fields["mix"] = "linear"
         cell_id = given_id or "__".join(_id_part(a, shown[a], labels) for a in names)
@@ -465,6 +468,11 @@ def _check_one(where: str, field: str, check) -> None:
         text = " ".join(str(exc).split())
         named = text if text.startswith(f"{field}:") else f"{field}: {text}"
         raise ConfigError(f"{where}: {named}") from None
+
+
+def _term_name(spec) -> str:
+    """The name in an objective entry: ``{term: NAME, ...}`` or ``"NAME:k=v"``."""
+    return str(spec.get("term", "") if isinstance(spec, dict) else str(spec).partition(":")[0]).strip().lower()
 
 
 def axes_of(cells: list[Cell]) -> list[str]:
