@@ -43,8 +43,8 @@ class TrieKL(ObjectiveTerm):
         head_row, offset = has.nonzero(as_tuple=True)
         ex, pos = batch.head_example[head_row], batch.head_position[head_row]
         row_pos = ex * batch.target_ids.shape[1] + pos
-        byte_rows = ctx.byte_rows.to(token_logprobs.device)
-        student_lp, support = byte_rows.logprobs(token_logprobs, row_pos, batch.target_ids[ex, pos], offset)
+        # StudentWithHead moved the trie tables to the logits' device before building the context
+        student_lp, support = ctx.byte_rows.logprobs(token_logprobs, row_pos, batch.target_ids[ex, pos], offset)
         target, usable = teacher_rows_on_support(ctx.teacher_logprobs[rows[has]], support)
         div = LOSSES.get(self.options.divergence)(student_lp[usable], target[usable],
                                                   temperature=self.options.temperature)
