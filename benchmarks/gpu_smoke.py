@@ -252,21 +252,9 @@ def write_data(out: Path, nbytes: int) -> Path:
 
 
 def step_seconds(cfg) -> list[float]:
-    """Seconds of every logged step, from metrics.jsonl.
-
-    The loop logs bytes/s per step (timed after the loss is read back, so GPU work is finished); the bytes of
-    step s are a pure function of (data, seq_bytes, seed, s), so seconds = those bytes / bytes_per_s.
-    """
-    from mergekd.data import load_chunks
-    from mergekd.distill.loop import batch_indices
-
-    sizes = [len(c.encode("utf-8")) for c in load_chunks(cfg.data, cfg.seq_bytes)]
-    seconds = []
-    for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        idx = batch_indices(len(sizes), record["step"] - 1, cfg.batch_size, cfg.seed)
-        seconds.append(sum(sizes[i] for i in idx) / record["bytes_per_s"])
-    return seconds
+    """Seconds of every logged step, from metrics.jsonl (the loop times each step after the loss is read back,
+    so GPU work is finished)."""
+    return [json.loads(line)["step_s"] for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
 
 
 def distill_run(name: str, base: dict, extra: dict, out: Path, device: str) -> dict:

@@ -56,5 +56,6 @@ def one_line(exc, prefix: str) -> ConfigError:
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
-        problems.append(f"{where}: {message}" if where else message)  # model-level checks name their field
+        named = not where or message.startswith(f"{where}:")  # model-level checks and some validators name it
+        problems.append(message if named else f"{where}: {message}")
     return ConfigError(f"{prefix} — " + "; ".join(problems))

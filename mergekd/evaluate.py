@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from .bytes import byte_vocab_for
-from .data import load_chunks
 
 
 def token_nll_bpb(model, tokenizer, texts: list[str], *, batch_size: int = 4, progress=None) -> dict:
@@ -52,6 +51,21 @@ def token_nll_bpb(model, tokenizer, texts: list[str], *, batch_size: int = 4, pr
     return {"bpb": nll_total / max(byte_total, 1) / math.log(2), "bytes": byte_total, "tokens": token_total}
 
 
-def evaluate_file(model, tokenizer, path: Path, chunk_bytes: int = 1024, limit_bytes: int | None = None,
+def evaluate_file(model, tokenizer, path: Path | str, chunk_bytes: int = 1024, limit_bytes: int | None = None,
                   progress=None) -> dict:
-    return token_nll_bpb(model, tokenizer, load_chunks(path, chunk_bytes, limit_bytes), progress=progress)
+    """Token-NLL BPB of a held-out data source (a file or any spec of :mod:`mergekd.sources`), chunked in stream
+    order; ``limit_bytes`` stops after the chunk that reaches that many bytes (as ``load_chunks`` does)."""
+    return token_nll_bpb(model, tokenizer, held_out_chunks(path, chunk_bytes, limit_bytes), progress=progress)
+
+
+def held_out_chunks(path: Path | str, chunk_bytes: int, limit_bytes: int | None = None) -> list[str]:
+    """The chunks of a held-out source, in stream order (never shuffled; a spec's shuffle_buffer is ignored)."""
+    from .sources import iter_indexed_chunks
+
+    chunks, total = [], 0
+    for _, chunk in iter_indexed_chunks(path, chunk_bytes, shuffle=False):
+        chunks.append(chunk)
+        total += len(chunk.encode("utf-8"))
+        if limit_bytes is not None and total >= limit_bytes:
+            break
+    return chunks

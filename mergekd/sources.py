@@ -395,6 +395,12 @@ def _shard_rows(fmt: str, shard: str, source: DataSource, label: str,
     """``(where, row, column names)`` for each row of one shard (``opened``: its dataset, if opened already);
     reading errors become one ConfigError naming the shard."""
     try:
+        if fmt == "parquet" and opened is None:
+            import pyarrow.parquet as pq
+
+            if pq.read_metadata(shard).num_rows == 0:  # datasets cannot stream an empty parquet file
+                _check_fields(pq.read_schema(shard).names, source, label)
+                return
         ds, names = opened or _open_shard(fmt, shard, source)
         selected = _check_fields(names, source, label)
         if selected and fmt not in ("txt", "parquet", "csv"):  # parquet and csv read only these columns already
@@ -534,6 +540,16 @@ def iter_chunks(source: DataSource | str | Path, seq_bytes: int, *, seed: int = 
 
     ``iter_chunks(s, b, start=n)`` equals ``islice(iter_chunks(s, b), n, None)`` for every ``n``. A source
     without any chunk is an EmptyTextError once the pass ends."""
+    return (chunk for _, chunk in iter_indexed_chunks(source, seq_bytes, seed=seed, epoch=epoch, start=start,
+                                                       render=render))
+
+
+def iter_indexed_chunks(source: DataSource | str | Path, seq_bytes: int, *, seed: int = 0, epoch: int = 0,
+                        start: int = 0, render: Render | None = None,
+                        shuffle: bool = True) -> Iterator[tuple[int, str]]:
+    """``(n, chunk)`` pairs of :func:`iter_chunks`, where ``n`` is the chunk's position in the *unshuffled*
+    stream (what a byte cache, captured in stream order, is looked up by). ``shuffle=False`` ignores the
+    source's ``shuffle_buffer`` (stream order, e.g. for capturing a cache)."""
     source = as_source(source)
     if seq_bytes < 4:
         raise ConfigError(f"seq_bytes={seq_bytes}: chunk size must be at least 4 bytes (one UTF-8 character)")
@@ -541,15 +557,16 @@ def iter_chunks(source: DataSource | str | Path, seq_bytes: int, *, seed: int = 
         raise ConfigError(f"start={start}: the number of chunks to skip cannot be negative")
     documents = iter_documents(source, render=render)
 
-    def chunks() -> Iterator[str]:
+    def chunks() -> Iterator[tuple[int, str]]:
         count = 0
         for _, doc in documents:
             for piece in chunk_text(doc, seq_bytes):
                 if piece.strip():
+                    yield count, piece
                     count += 1
-                    yield piece
         if count == 0:
             raise EmptyTextError(f"data source {source.path} holds no text")
 
-    stream = shuffle_buffered(chunks(), source.shuffle_buffer, epoch_seed(seed, epoch))
+    buffer = source.shuffle_buffer if shuffle else 0
+    stream = shuffle_buffered(chunks(), buffer, epoch_seed(seed, epoch))
     return islice(stream, start, None)

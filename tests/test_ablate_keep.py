@@ -114,8 +114,8 @@ def test_more_steps_resume_and_fewer_steps_move_the_cell_aside(tmp_path, monkeyp
     two_steps = _stamp(cell / "final" / "model.safetensors")
 
     trained: list[int] = []
-    real = loop.batch_indices
-    monkeypatch.setattr(loop, "batch_indices", lambda n, step, *a: trained.append(step) or real(n, step, *a))
+    real = loop._train_step
+    monkeypatch.setattr(loop, "_train_step", lambda run, step: trained.append(step) or real(run, step))
     longer, _ = _run(_cfg(base={**TINY, "steps": 4}, grid={"teachers": ["none"]}), out)
     assert longer.rows[0]["status"] == "resumed" and trained == [2, 3]  # steps 3 and 4 only, not 1 to 4
     assert [json.loads(x)["step"] for x in (cell / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

@@ -37,7 +37,8 @@ from .config import PATH_FIELDS, AblationConfig, Cell, expand_cells, load_ablati
 from .data import check_disjoint, is_asset, materialize, target_path
 from .plan import Plan
 
-FINGERPRINT_EXCLUDE = {"out", "cache", "device", "save_every", "keep_checkpoints", "log_every", *PATH_FIELDS}
+FINGERPRINT_EXCLUDE = {"out", "cache", "device", "save_every", "keep_checkpoints", "log_every", "report_to",
+                       *PATH_FIELDS}
 # How a held-out text is scored (mergekd.evaluate.evaluate_file): part of the evaluation key, so a change in
 # the measure re-scores every cell, and passed explicitly when a cell is re-scored.
 SCORING = {"measure": "token-nll-bpb", "chunk_bytes": 1024, "limit_bytes": None}

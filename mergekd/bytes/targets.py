@@ -18,6 +18,7 @@ context, and every prediction comes from exactly one window.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -122,10 +123,11 @@ class _Window:
 
 
 def _plan_windows(text_index: int, ids: list[int], lengths: torch.Tensor, max_length: int,
-                  overlap: int) -> list[_Window]:
-    lead = 0
-    while lead < len(ids) and lengths[lead] == 0:
-        lead += 1
+                  overlap: int, lead: int | None = None) -> list[_Window]:
+    if lead is None:  # the leading specials (BOS) that start every window
+        lead = 0
+        while lead < len(ids) and lengths[lead] == 0:
+            lead += 1
     prefix, body = ids[:lead], ids[lead:]
     room = max_length - lead
     if room <= overlap:
@@ -179,13 +181,19 @@ def _rows_for_tokens(align: Alignment, index: ByteTrieIndex, lead: int, body_idx
 
 def teacher_byte_logprobs_batch(model, tokenizer, texts: list[str], *, vocab: ByteVocab | None = None,
                                 max_length: int | None = None, overlap: int | None = None,
-                                batch_size: int = 8, progress=None, lossy_text: str = "refuse") -> list[ByteTargets]:
+                                batch_size: int = 8, progress=None, lossy_text: str = "refuse",
+                                contexts: list[list[int] | None] | None = None) -> list[ByteTargets]:
     """Byte targets of ``model`` for each text (see module docstring). Runs under ``torch.no_grad``.
 
     ``batch_size`` windows go through the model at once (right-padded). ``progress``, if given, is called
     with the number of windows finished after each batch. ``lossy_text`` decides a text the tokenizer's
     normaliser (NFC) would change: ``"refuse"`` raises UnnormalisedTextError, ``"mask"`` masks the rows of the
     tokens touching a changed segment and counts them in ``ByteTargets.masked_lossy`` (other rows are exact).
+
+    ``contexts[i]`` (token ids, or None) is context that text ``i`` continues: the model reads those ids, then
+    the text's own tokens (its canonical tokenisation without the leading specials the tokenizer adds, which a
+    context brings itself), and rows exist for the text's bytes only — a chat teacher's prompt rendered by its
+    own chat template (special tokens as control tokens) before the reply (:func:`after_context`).
     """
     vocab = vocab or byte_vocab_for(tokenizer)
     width = model_vocab_width(model)
@@ -200,12 +208,22 @@ def teacher_byte_logprobs_batch(model, tokenizer, texts: list[str], *, vocab: By
         raise ConfigError(f"overlap={overlap} must be in [0, max_length={max_length})")
 
     aligns = [vocab.align(t, lossy_text=lossy_text) for t in texts]
+    if contexts is not None and len(contexts) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(contexts)} contexts")
     windows: list[_Window] = []
     leads = []
     for i, al in enumerate(aligns):
-        ids = al.token_ids.tolist()
-        plan = _plan_windows(i, ids, al.token_len, max_length, overlap)
-        leads.append(int((al.token_len.cumsum(0) == 0).sum()))  # leading specials (BOS)
+        context = contexts[i] if contexts is not None else None
+        if context is None:
+            lead = int((al.token_len.cumsum(0) == 0).sum())  # leading specials (BOS)
+            plan = _plan_windows(i, al.token_ids.tolist(), al.token_len, max_length, overlap)
+        else:
+            al, lead = after_context(al, context)
+            aligns[i] = al
+            plan = _plan_windows(i, al.token_ids.tolist(), al.token_len, max_length, overlap, lead=lead)
+            # windows that hold context only (a long conversation before the reply) supply no row: skip them
+            plan = [w for w in plan if w.end_row is not None or bool((al.token_len[lead + w.target_body] > 0).any())]
+        leads.append(lead)
         windows.extend(plan)
 
     out_logprobs = [torch.full((al.num_bytes, 257), float("nan"), dtype=torch.float32) for al in aligns]
@@ -248,6 +266,24 @@ def teacher_byte_logprobs_batch(model, tokenizer, texts: list[str], *, vocab: By
         results.append(ByteTargets(logprobs=lp, mask=mask, text_bytes=al.text_bytes, end_logprobs=end,
                                    masked_lossy=al.masked_lossy))
     return results
+
+
+def after_context(align: Alignment, context: list[int]) -> tuple[Alignment, int]:
+    """``align`` (a text's canonical tokenisation) read after the token ids ``context``: the text's leading
+    specials (the BOS the tokenizer adds to any text) are dropped, since the context brings its own; the context
+    tokens spell no text byte (length 0). Returns the alignment and the number of leading ids every window
+    repeats: the tokenizer's own leading specials when the context starts with them (a template's BOS), else 0.
+    A context longer than a window slides like any text (each row keeps >= ``overlap`` tokens of left context).
+    """
+    own = int((align.token_len.cumsum(0) == 0).sum())
+    body = slice(own, None)
+    ctx = torch.as_tensor(list(context), dtype=torch.long)
+    zeros = torch.zeros(len(ctx), dtype=torch.long)
+    lead = own if own and ctx[:own].tolist() == align.token_ids[:own].tolist() else 0
+    joined = dataclasses.replace(align, token_ids=torch.cat([ctx, align.token_ids[body]]),
+                                 token_start=torch.cat([zeros, align.token_start[body]]),
+                                 token_len=torch.cat([zeros, align.token_len[body]]))
+    return joined, lead
 
 
 def teacher_byte_logprobs(model, tokenizer, text: str, **kwargs) -> ByteTargets:

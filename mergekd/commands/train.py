@@ -70,7 +70,8 @@ def distill_command(**options) -> None:
 @with_options(
     [plain("model", None, "--model", help="model folder (e.g. OUT/final), a student spec (new:, hf:, gguf:) or a "
                                           "registered teacher name", annotation=Optional[str]),
-     plain("data", None, "--data", help="held-out text (.txt or .jsonl)", annotation=Optional[Path]),
+     plain("data", None, "--data", help="held-out data spec (a .txt/.jsonl/.parquet/... file, a glob of shards, a "
+                                        "save_to_disk folder or hub:id; see docs/data.md)", annotation=Optional[str]),
      plain("json_out", None, "--json", help="write {'bpb', 'bytes', 'tokens'} here", annotation=Optional[Path]),
      plain("chunk_bytes", 1024, "--chunk-bytes", help="texts are scored in independent chunks of this many bytes"),
      plain("max_bytes", None, "--max-bytes", help="score only the first N bytes of the data",

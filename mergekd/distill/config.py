@@ -30,13 +30,17 @@ class DistillConfig(BaseModel):
     teachers: list[str] = Field(default_factory=list, description="teacher specs, comma-separated on the command "
                                 "line (smollm2-135m,gemma3-270m; hf:PATH_OR_ID; gguf:FILE); empty = CE-only training")
     student: str = Field(..., description="student spec: new:llama?tokenizer=gpt2&layers=4, hf:PATH, gguf:PATH")
-    data: Path = Field(..., description="training data: .txt, or .jsonl with 'text', or 'prompt' + 'response' "
-                                        "(loss on the response only), or chat 'messages'")
+    data: str = Field(..., description="training data spec, streamed: a .txt/.jsonl/.json/.parquet/.csv/.arrow "
+                      "file, a save_to_disk folder, a glob of shards (data/*.parquet) or hub:owner/name, with "
+                      "?text_field=, ?prompt_field=/?response_field= (loss on the response only), ?messages_field= "
+                      "(chats), ?shuffle_buffer=N (default 10000 chunks; 0 = stream order); see docs/data.md")
     out: Path = Field(..., description="output folder (checkpoints/, metrics.jsonl, final/); rerun to resume")
-    eval_data: Path | None = Field(None, description="held-out text: the export's BPB goes in its model card")
+    eval_data: str | None = Field(None, description="held-out text (a data spec like data): the export's BPB "
+                                                    "goes in its model card")
     mix: str | dict = Field("linear", description="mixer spec (linear, learned, product:weights=1;2) or, in "
                             "YAML, a mapping {name: linear, weights: [1, 2]}")
-    fit_data: Path | None = Field(None, description="text a learning mixer is fitted on (online teachers only)")
+    fit_data: str | None = Field(None, description="text (a data spec like data) a learning mixer is fitted on "
+                                                   "(online teachers only; read whole)")
     cache: Path | None = Field(None, description="teacher byte cache from `mergekd cache` (no teacher in memory)")
 
     steps: int = Field(100, ge=1, description="optimizer steps (raise it and rerun to train further)")
@@ -85,6 +89,9 @@ class DistillConfig(BaseModel):
                                                     "exact:K=8 (covering sum; short texts only)")
     lora_rank: int = Field(0, ge=0, description="0 = full fine-tuning; >0 trains LoRA adapters (needs peft)")
     log_every: int = Field(1, ge=1, description="steps between metrics.jsonl lines")
+    report_to: list[str] = Field(default_factory=list, description="experiment trackers, comma-separated: "
+                                 "tensorboard (events in OUT/tensorboard/), wandb, trackio, none; each needs its "
+                                 "package (pip install 'mergekd[track]' for tensorboard)")
 
     # on-policy distillation (GKD, Agarwal et al. 2024): the student writes the continuations it is trained on
     on_policy: float = Field(0.0, description="λ: fraction of batches whose continuations the student samples; "
@@ -94,6 +101,24 @@ class DistillConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass of on-policy continuations")
     prompt_bytes: int = Field(64, ge=1, description="prompt length in bytes: the start of a plain-text chunk, "
                                                     "the end of a long prompt/response prompt")
+
+    @field_validator("data", "eval_data", "fit_data", mode="before")
+    @classmethod
+    def _data_spec(cls, v, info):
+        if v is None:
+            return v
+        if isinstance(v, Path):
+            v = str(v)
+        if isinstance(v, dict):  # YAML: {path: data/*.parquet, text_field: body}
+            from ..sources import build_source
+
+            return build_source(v, info.field_name).to_spec()
+        if not isinstance(v, str):
+            raise ValueError(f"a data spec is a string or a mapping, got {type(v).__name__}")
+        from ..sources import parse_source
+
+        parse_source(v, info.field_name)  # grammar and options only; the files are opened when the run starts
+        return v
 
     @field_validator("byte_rule", mode="before")
     @classmethod
@@ -152,6 +177,13 @@ class DistillConfig(BaseModel):
             raise ValueError(f"must be a fraction of batches between 0 and 1 (0 = off, 1 = every batch), got {f}; "
                              "use --on-policy 1 for fully on-policy training")
         return f
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _known_trackers(cls, v):
+        from .trackers import check_report_to
+
+        return check_report_to(v)
 
     @field_validator("teachers", mode="before")
     @classmethod
@@ -304,7 +336,7 @@ class DistillConfig(BaseModel):
         The sampling fields change nothing while ``on_policy`` is 0, so they are left out then (runs from before
         on-policy training existed keep their fingerprint)."""
         generation = {"on_policy", "max_new_tokens", "gen_temperature", "top_p"}
-        fields = self.model_dump(mode="json", exclude={"steps", "save_every", "keep_checkpoints", "log_every",
+        fields = self.model_dump(mode="json", exclude={"steps", "save_every", "keep_checkpoints", "log_every", "report_to",
                                                        "out", "device", "eval_data", "teacher_device",
                                                        "teacher_batch_size",
                                                        *(generation if self.on_policy == 0 else ()),

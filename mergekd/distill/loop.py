@@ -1,8 +1,8 @@
 """The distillation loop on ``accelerate``: resumable, deterministic, one process or many.
 
-Determinism and resume: the data order is a pure function of (seed, step); the learning rate a pure function of
-step; model, head, optimizer and every process's RNG are saved by ``accelerate``; the mixer's state is saved
-beside them. Rerunning the same command on the same ``--out`` resumes from ``checkpoints/latest`` and ends with
+Determinism and resume: the data order is a pure function of (seed, step) (:mod:`mergekd.distill.stream`: the
+data is streamed, and checkpoints record the stream's position); the learning rate a pure function of step;
+model, head, optimizer and every process's RNG are saved by ``accelerate``; the mixer's state is saved beside them. Rerunning the same command on the same ``--out`` resumes from ``checkpoints/latest`` and ends with
 the same weights as an uninterrupted run.
 
 Scale: ``accelerate launch -m mergekd distill ...`` runs the same code data-parallel (DDP/FSDP/DeepSpeed per the
@@ -29,17 +29,17 @@ import torch
 
 from ..bytes import byte_vocab_for
 from ..bytes.targets import model_vocab_width
-from ..data import load_chunks
 from ..errors import ConfigError, NonFiniteError
 from ..student import build_byte_head, load_student
 from ..student.byte_rows import StudentByteRows
 from .batch import build_student_batch
 from .onpolicy import fit_context, is_on_policy_step, sample_continuations, stream_seed
-from .prompts import read_data
+from .stream import DataPosition, ExampleStream
 from ..io import write_atomic
 from .checkpoint import check_resumable, latest_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .objective import StudentWithHead
+from .trackers import accelerator_kwargs, finish_trackers, log_eval, log_metrics, start_trackers
 
 
 def lr_at(step: int, cfg: DistillConfig) -> float:
@@ -49,19 +49,6 @@ def lr_at(step: int, cfg: DistillConfig) -> float:
     span = max(1, cfg.steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def batch_indices(num_chunks: int, step: int, batch_size: int, seed: int) -> list[int]:
-    """Chunk indices of the global batch of ``step``: epoch-wise permutations, a pure function of (seed, step)."""
-    out = []
-    perms: dict[int, torch.Tensor] = {}
-    for k in range(step * batch_size, (step + 1) * batch_size):
-        epoch, index = divmod(k, num_chunks)
-        if epoch not in perms:
-            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            perms[epoch] = torch.randperm(num_chunks, generator=g)
-        out.append(int(perms[epoch][index]))
-    return out
 
 
 def _accelerator(cfg: DistillConfig):
@@ -77,7 +64,8 @@ def _accelerator(cfg: DistillConfig):
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if (not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()) else "no"
-    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
+                              **accelerator_kwargs(cfg.report_to, Path(cfg.out)))
     _check_distributed(accelerator, cfg)
     return accelerator
 
@@ -136,18 +124,21 @@ def _build_signal(cfg: DistillConfig, device, progress_print, loaded: list | Non
     return signal
 
 
-def _fit_mixer(signal, cfg: DistillConfig, chunks: list[str]) -> None:
+def _fit_mixer(signal, cfg: DistillConfig, stream: ExampleStream) -> None:
     mixer = getattr(signal, "mixer", None)
     if mixer is None or not getattr(mixer, "needs_fit", False):
         return
     from ..signal import actual_bytes
+    from ..sources import iter_chunks
 
-    if cfg.fit_data and cfg.cache is None:
-        fit_texts, fit_idx = load_chunks(cfg.fit_data, cfg.seq_bytes), None
-    else:  # a cache holds the training chunks only: fit on the first of them
-        fit_idx = list(range(min(16, len(chunks))))
-        fit_texts = [chunks[i] for i in fit_idx]
-    rows = signal.byte_signal(fit_texts, fit_idx)
+    views: list = []
+    if cfg.fit_data and cfg.cache is None:  # a fitting set is small by design: read whole
+        fit_texts, fit_idx = list(iter_chunks(cfg.fit_data, cfg.seq_bytes)), None
+    else:  # a cache holds the training chunks only: fit on the first of them (in stream order)
+        first = stream.first(16)
+        fit_texts, fit_idx = [e.text for _, e in first], [i for i, _ in first]
+        views = [e.chat for _, e in first]  # chats: each teacher scores its own rendering of the prompt
+    rows = signal.byte_signal(fit_texts, fit_idx, views if any(v is not None for v in views) else None)
     mixer.fit(rows.logprobs, rows.masks, actual_bytes(fit_texts), teacher_names=rows.names)
 
 
@@ -161,7 +152,7 @@ class Run:
     out: Path
     tokenizer: Any
     vocab: Any
-    data: Any  # TrainingData
+    stream: ExampleStream  # the training examples, read lazily in the seeded order
     terms: list
     model: Any  # StudentWithHead, prepared
     optimizer: Any
@@ -195,14 +186,22 @@ def distill(cfg: DistillConfig, *, show_progress: bool = True, teachers: list | 
                           "pass one per spec, in the same order")
     run = _prepare(cfg, show_progress, teachers)
     _resume(run)
-    with _progress_bar(run, show_progress) as (bar, task):
-        run.model.train()
-        for step in range(run.start_step, cfg.steps):
-            record, logs, samples = _train_step(run, step)
-            _log_step(run, record, logs, samples, bar, task)
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                _checkpoint(run, step + 1)
-    return _export(run, show_progress)
+    start_trackers(run.accelerator, cfg.report_to, run.out, run.out.name, cfg.model_dump(mode="json"),
+                   start_step=run.start_step)
+    try:
+        with _progress_bar(run, show_progress) as (bar, task):
+            run.model.train()
+            for step in range(run.start_step, cfg.steps):
+                record, logs, samples = _train_step(run, step)
+                _log_step(run, record, logs, samples, bar, task)
+                if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                    _checkpoint(run, step + 1)
+        final = _export(run, show_progress)
+        if cfg.report_to and run.accelerator.is_main_process and (final / "eval.json").is_file():
+            log_eval(run.accelerator, {"eval/bpb": json.loads((final / "eval.json").read_text())["bpb"]}, cfg.steps)
+    finally:
+        finish_trackers(run.accelerator)
+    return final
 
 
 def _prepare(cfg: DistillConfig, show_progress: bool, teachers: list | None) -> Run:
@@ -220,17 +219,20 @@ def _prepare(cfg: DistillConfig, show_progress: bool, teachers: list | None) -> 
     set_seed(cfg.seed)
     student, tokenizer = load_student(cfg.student)
     vocab = byte_vocab_for(tokenizer)
-    data = read_data(cfg.data, seq_bytes=cfg.seq_bytes, prompt_bytes=cfg.prompt_bytes, tokenizer=tokenizer,
-                     need_response=cfg.on_policy < 1)
+    stream = ExampleStream(cfg.data, seq_bytes=cfg.seq_bytes, prompt_bytes=cfg.prompt_bytes, seed=cfg.seed,
+                           tokenizer=tokenizer, need_response=cfg.on_policy < 1)
+    _check_data_kind(cfg, stream)
+    stream.first(1)  # a missing file, a missing field or a bad first record stops here, before anything is written
     terms = cfg.terms()
     model, optimizer = _student_module(cfg, student, vocab, terms)
     model, optimizer = accelerator.prepare(model, optimizer)
-    _check_data_kind(cfg, data)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     # teachers load (or the cache opens) only when a term reads their rows
     signal = _build_signal(cfg, accelerator.device, console.print, teachers) if cfg.uses_teacher_rows else None
+    if signal is not None and getattr(signal, "num_chunks", None) is not None:
+        stream.limit = signal.num_chunks  # a cached run trains on the cache's chunks (the first N of the stream)
     return Run(cfg=cfg, accelerator=accelerator, console=console, out=Path(cfg.out), tokenizer=tokenizer,
-               vocab=vocab, data=data, terms=terms, model=model, optimizer=optimizer, signal=signal,
+               vocab=vocab, stream=stream, terms=terms, model=model, optimizer=optimizer, signal=signal,
                max_tokens=int(getattr(student.config, "max_position_embeddings", 2048)),
                pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
@@ -249,7 +251,7 @@ def _student_module(cfg: DistillConfig, student, vocab, terms) -> tuple[StudentW
     return model, optimizer
 
 
-def _check_data_kind(cfg: DistillConfig, data) -> None:
+def _check_data_kind(cfg: DistillConfig, data: ExampleStream) -> None:
     if data.kind == "prompt" and cfg.cache is not None:
         raise ConfigError(f"cache: {cfg.data} holds prompt/response pairs, but byte caches cover plain-text chunks; "
                           "drop --cache (teachers run online)")
@@ -265,11 +267,16 @@ def _resume(run: Run) -> None:
         meta = check_resumable(ckpt, run.cfg.fingerprint())
         run.accelerator.load_state(str(ckpt))
         run.start_step = int(meta["step"])
+        position = DataPosition.from_json(meta.get("data_position"))
+        if position is not None:
+            run.stream.seek(position)
+        else:  # a checkpoint from before positions were recorded: the order is a pure function of the step
+            run.stream.skip(run.start_step * run.cfg.batch_size)
         if run.mixer is not None and (ckpt / "mixer.pt").is_file():
             run.mixer.load_state_dict(torch.load(ckpt / "mixer.pt", weights_only=True))
         run.console.print(f"resuming from {ckpt.name} (step {run.start_step}/{run.cfg.steps})")
     elif run.signal is not None:
-        _fit_mixer(run.signal, run.cfg, run.data.texts)
+        _fit_mixer(run.signal, run.cfg, run.stream)
     if run.accelerator.is_main_process:
         _truncate_metrics(run.out / "metrics.jsonl", run.start_step)
         _truncate_metrics(run.out / "samples.jsonl", run.start_step)
@@ -293,9 +300,9 @@ def _train_step(run: Run, step: int) -> tuple[dict, dict[str, float], list[dict]
     t0 = time.perf_counter()
     for group in run.optimizer.param_groups:
         group["lr"] = lr_at(step, cfg)
-    indices = batch_indices(len(run.data.examples), step, cfg.batch_size, cfg.seed)
-    mine = indices[accelerator.process_index::run.world]
-    positions = list(range(accelerator.process_index, len(indices), run.world))  # in the global batch
+    batch = run.stream.take(cfg.batch_size)  # the global batch; every process reads the same stream
+    mine = batch[accelerator.process_index::run.world]
+    positions = list(range(accelerator.process_index, len(batch), run.world))  # in the global batch
     on_policy = is_on_policy_step(step, cfg.on_policy, cfg.seed)
     logs: dict[str, float] = {}
     nbytes, samples = 0, []
@@ -311,7 +318,8 @@ def _train_step(run: Run, step: int) -> tuple[dict, dict[str, float], list[dict]
         samples = sorted(gather_object(samples), key=lambda r: r["index"])
     elapsed = time.perf_counter() - t0
     record = {"step": step + 1, "lr": lr_at(step, cfg), **{k: round(v, 6) for k, v in logs.items()},
-              "bytes_per_s": round(nbytes * run.world / elapsed, 1), "on_policy": on_policy}
+              "bytes_per_s": round(nbytes * run.world / elapsed, 1), "step_s": round(elapsed, 4),
+              "on_policy": on_policy}
     if on_policy:
         sample_bytes = [len(r["sample"].encode("utf-8")) for r in samples]
         record["sample_bytes"] = round(sum(sample_bytes) / max(len(sample_bytes), 1), 1)
@@ -319,11 +327,11 @@ def _train_step(run: Run, step: int) -> tuple[dict, dict[str, float], list[dict]
     return record, logs, samples
 
 
-def _micro_step(run: Run, step: int, part_idx: list[int], positions: list[int], on_policy: bool):
-    """Forward, backward and (on the last micro-batch) the optimizer step of one micro-batch.
-    Returns the loss parts, the text bytes trained on and the on-policy sample records."""
+def _micro_step(run: Run, step: int, part: list, positions: list[int], on_policy: bool):
+    """Forward, backward and (on the last micro-batch) the optimizer step of one micro-batch of (stream index,
+    example) pairs. Returns the loss parts, the text bytes trained on and the on-policy sample records."""
     cfg, accelerator = run.cfg, run.accelerator
-    examples = [run.data.examples[i] for i in part_idx]
+    part_idx, examples = [i for i, _ in part], [e for _, e in part]
     samples: list[dict] = []
     if on_policy:
         drawn = _sample(accelerator, run.model, run.vocab, examples, positions, step, cfg, run.max_tokens,
@@ -336,7 +344,9 @@ def _micro_step(run: Run, step: int, part_idx: list[int], positions: list[int], 
     batch, _ = build_student_batch(run.vocab, texts, cfg.byte_offsets, run.max_tokens, run.pad_id, loss_from)
     teacher_lp = teacher_mask = None
     if run.signal is not None:
-        teacher_lp, teacher_mask = run.signal(texts, part_idx)
+        # chats: each teacher reads the context in its own template, then the reply (or the student's sample)
+        views = [s.teacher_view(e) for s, e in zip(drawn, examples)] if on_policy else [e.chat for e in examples]
+        teacher_lp, teacher_mask = run.signal(texts, part_idx, views)
         teacher_lp, teacher_mask = teacher_lp.to(accelerator.device), teacher_mask.to(accelerator.device)
     with accelerator.accumulate(run.model):
         with accelerator.autocast():
@@ -360,6 +370,7 @@ def _log_step(run: Run, record: dict, logs: dict[str, float], samples: list[dict
     if run.accelerator.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
         with (run.out / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+        log_metrics(run.accelerator, record, step)
     if run.accelerator.is_main_process and samples:
         with (run.out / "samples.jsonl").open("a") as fh:
             fh.write("".join(json.dumps(r) + "\n" for r in samples))
@@ -370,7 +381,8 @@ def _log_step(run: Run, record: dict, logs: dict[str, float], samples: list[dict
 
 
 def _checkpoint(run: Run, step: int) -> None:
-    meta = {"fingerprint": run.cfg.fingerprint(), "config": run.cfg.model_dump(mode="json")}
+    meta = {"fingerprint": run.cfg.fingerprint(), "config": run.cfg.model_dump(mode="json"),
+            "data_position": run.stream.position.to_json()}
     mixer = run.mixer
     writers = [lambda folder: torch.save(mixer.state_dict(), folder / "mixer.pt")] if mixer is not None and \
         hasattr(mixer, "state_dict") else []

@@ -6,7 +6,9 @@ teacher's); at inference it conditions on its own, imperfect prefixes and drifts
 the student for a fraction λ of the batches and training it to match the teachers *on those samples*. Here the
 teachers never see the student's tokens: a sample is decoded to bytes, cut to valid UTF-8, and from then on it
 is plain text like any training chunk — every teacher tokenises it canonically, produces byte targets, the
-mixer combines them, and the student is re-tokenised canonically for the byte-head loss (batch.py). A sampled
+mixer combines them, and the student is re-tokenised canonically for the byte-head loss (batch.py). (A sample
+of a chat is scored the way the chat's reply is: each teacher reads the context rendered by its own chat template
+and then the continuation, :meth:`Sample.teacher_view`.) A sampled
 token sequence is usually *not* the canonical tokenisation of its own text (the student may write "hel"+"lo"),
 so this re-tokenisation is what keeps the byte head supervising exactly the bytes the teachers scored.
 
@@ -92,6 +94,18 @@ class Sample:
     @property
     def prompt_bytes(self) -> int:
         return len(self.prompt.encode("utf-8"))
+
+    def teacher_view(self, example):
+        """The teachers' view of this sample of ``example`` (a :class:`~mergekd.distill.prompts.Example`): for a
+        chat, the continuation plays the reply — every teacher reads the chat's context rendered by its own
+        template and then the continuation, whose rows land at the continuation's bytes of :attr:`text`; None
+        for other data (teachers score :attr:`text` as it is)."""
+        from .prompts import ChatTurn
+
+        chat = getattr(example, "chat", None)
+        if chat is None:
+            return None
+        return ChatTurn(chat.context, self.continuation, self.prompt_bytes, chat.where)
 
 
 def sample_continuations(model, vocab: ByteVocab, prompts: Sequence[str], seeds: Sequence[int], *,

@@ -86,12 +86,17 @@ class Teacher:
                 "load_seconds": round(self.load_seconds, 3)}
 
     # ---------------------------------------------------------------------------------------------------------
-    def byte_targets(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> list[ByteTargets]:
+    def byte_targets(self, texts: Sequence[str], progress: Callable[[int], None] | None = None,
+                     contexts: Sequence[list[int] | None] | None = None) -> list[ByteTargets]:
         """Byte targets for each text (under ``torch.no_grad``; windowed by the byte core).
 
         Texts go to the byte core :attr:`batch_size` at a time, and ``progress`` (if given) is called with the number
         of text bytes finished after each group, so a caller can show an honest bar in bytes. Texts of a few KB
         are one window each, so grouping by texts batches windows as well as the core would.
+
+        ``contexts[i]``: token ids the model reads before text ``i`` (a chat prompt rendered by this teacher's own
+        template); rows then cover the text's bytes only (see ``teacher_byte_logprobs_batch``). The canonical
+        byte rule only: the exact rule searches over a text's own tokenisations and takes no context.
         """
         if self.model is None:
             raise ConfigError(f"teacher {self.name!r} was closed; load it again")
@@ -101,16 +106,23 @@ class Teacher:
             if not text:
                 raise EmptyTextError(f"text {i} is empty: there are no bytes to predict")
         rule = self.options.rule()
+        if contexts is not None and len(contexts) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(contexts)} contexts")
         if rule.is_exact:
+            if contexts is not None and any(c is not None for c in contexts):
+                raise ConfigError(f"teacher {self.name!r}: byte_rule {self.options.byte_rule!r} scores a text on "
+                                  "its own and cannot condition on a chat prompt rendered by the teacher's template; "
+                                  "use byte_rule=canonical for chat data")
             return self._exact_targets(texts, rule, progress)
         out: list[ByteTargets] = []
         step = self.batch_size
         with torch.no_grad():
             for start in range(0, len(texts), step):
                 group = list(texts[start:start + step])
+                ctx = list(contexts[start:start + step]) if contexts is not None else None
                 out.extend(teacher_byte_logprobs_batch(
                     self.model, self.tokenizer, group, vocab=self.vocab, max_length=self.max_length,
-                    overlap=self.overlap, batch_size=step, lossy_text=self.options.lossy_text))
+                    overlap=self.overlap, batch_size=step, lossy_text=self.options.lossy_text, contexts=ctx))
                 if progress is not None:
                     progress(sum(len(t.encode("utf-8")) for t in group))
         return out
