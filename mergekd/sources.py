@@ -39,6 +39,7 @@ Deterministic order (what training relies on to resume):
 from __future__ import annotations
 
 import glob as globlib
+import logging
 import random
 from dataclasses import dataclass
 from itertools import islice
@@ -50,6 +51,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ConfigError, EmptyTextError, MergekdError, one_line
 from .text import chunk_text
+
+# datasets' readers log a failed file at ERROR level before raising; _shard_rows turns the exception into one
+# line naming the file, so the log line would only be a second, noisier copy on stderr.
+logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
 
 HUB_PREFIX = "hub:"
 EPOCH_MULTIPLIER = 1_000_003
@@ -395,6 +400,16 @@ def _shard_rows(fmt: str, shard: str, source: DataSource, label: str,
     """``(where, row, column names)`` for each row of one shard (``opened``: its dataset, if opened already);
     reading errors become one ConfigError naming the shard."""
     try:
+        if fmt == "json" and _suffix(shard) == ".jsonl":  # read line by line: errors name the exact line
+            from .data import jsonl_records
+
+            names: list[str] | None = None
+            for n, record in jsonl_records(Path(shard)):
+                if names is None:
+                    names = list(record)
+                    _check_fields(names, source, label)
+                yield f"{label}:{n}", record, names
+            return
         if fmt == "parquet" and opened is None:
             import pyarrow.parquet as pq
 

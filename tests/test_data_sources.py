@@ -93,7 +93,7 @@ def test_prompt_and_chat_records(tmp_path):
     path.write_text(json.dumps({"q": "Q: 2+2?\nA:", "a": " 4."}) + "\n" + json.dumps({"q": "Hi", "a": None}) + "\n")
     source = parse_source(f"{path}?prompt_field=q&response_field=a")
     assert list(iter_documents(source)) == [(0, "Q: 2+2?\nA: 4."), (1, "Hi")]
-    with pytest.raises(ConfigError, match=r"pairs.jsonl: row 2: missing field 'a'.*response_field"):
+    with pytest.raises(ConfigError, match=r"pairs.jsonl:2: missing field 'a'.*response_field"):
         list(iter_records(source))
     chats = tmp_path / "chats.jsonl"
     chats.write_text(json.dumps({"m": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}))
@@ -121,7 +121,7 @@ def test_errors_are_one_line_naming_the_place_and_the_fix(corpus, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"body": "x"}\n')
     message = error(lambda: list(iter_chunks(bad, SEQ)))
-    assert "bad.jsonl: row 2: missing field 'text'" in message and "?text_field=" in message
+    assert "bad.jsonl:2: missing field 'text'" in message and "?text_field=" in message
     assert "no field 'text' (fields: id, body)" in error(lambda: list(iter_chunks(root / "docs.csv", SEQ)))
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\xe9\n".encode("latin-1"))

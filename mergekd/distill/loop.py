@@ -222,7 +222,7 @@ def _prepare(cfg: DistillConfig, show_progress: bool, teachers: list | None) -> 
     stream = ExampleStream(cfg.data, seq_bytes=cfg.seq_bytes, prompt_bytes=cfg.prompt_bytes, seed=cfg.seed,
                            tokenizer=tokenizer, need_response=cfg.on_policy < 1)
     _check_data_kind(cfg, stream)
-    stream.first(1)  # a missing file, a missing field or a bad first record stops here, before anything is written
+    stream.check()  # bad input in the first 64 MB (all of a small file) stops here, before anything is written
     terms = cfg.terms()
     model, optimizer = _student_module(cfg, student, vocab, terms)
     model, optimizer = accelerator.prepare(model, optimizer)

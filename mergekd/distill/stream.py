@@ -35,6 +35,8 @@ from ..text import utf8_prefix, utf8_suffix
 from .prompts import Example, cut_example, render_chat_turn
 
 DEFAULT_SHUFFLE_BUFFER = 10_000
+# Bytes of the stream read and checked before a run writes anything (~1 s at streaming speed).
+CHECK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,20 @@ class ExampleStream:
                     raise EmptyTextError(f"data source {self.source.path} holds no examples")
                 self._epoch, self._offset, self._iter = self._epoch + 1, 0, None
         return out
+
+    def check(self, max_bytes: int = CHECK_BYTES) -> int:
+        """Read the first ``max_bytes`` of the stream (all of a smaller source) and build their examples, so bad
+        input there (a missing file or field, malformed JSON, non-UTF-8 bytes, an empty reply) stops the run
+        before anything is written. Returns the bytes checked. Past that prefix a bad record stops the run when
+        it is reached (checkpoints before it stay)."""
+        seen = 0
+        for _, example in self._examples(self._unshuffled()):
+            seen += len(example.text.encode("utf-8"))
+            if seen >= max_bytes:
+                break
+        if seen == 0:
+            raise EmptyTextError(f"data source {self.source.path} holds no examples")
+        return seen
 
     def first(self, n: int) -> list[tuple[int, Example]]:
         """The first ``n`` examples of the unshuffled stream (fitting a mixer; a cache's first chunks)."""
