@@ -13,6 +13,7 @@ from mergekd.distill.batch import build_student_batch
 from mergekd.errors import ConfigError, UnknownNameError
 from mergekd.losses import LOSSES
 from mergekd.student import build_byte_head, load_student, parse_student_spec
+from mergekd.student.spec import StudentSpec
 
 
 def test_student_spec_parsing_and_errors():
@@ -29,6 +30,26 @@ def test_student_spec_parsing_and_errors():
         parse_student_spec("new:bert?tokenizer=gpt2")
     with pytest.raises(ConfigError, match="cannot read spec"):
         parse_student_spec("/no/such/folder")
+    assert parse_student_spec("teacher:smollm2-135m") == StudentSpec("teacher", "smollm2-135m")
+    with pytest.raises(ConfigError, match="teacher: needs a registered teacher name"):
+        parse_student_spec("teacher: ")
+
+
+@pytest.mark.slow
+def test_teacher_spec_student_is_the_pretrained_teacher_trainable():
+    """``teacher:NAME`` trains a registered teacher's pretrained weights (float32, every parameter trainable) with
+    the teacher's own tokenizer: the same logits as the teacher before any step."""
+    import torch
+
+    from mergekd.student import load_student
+    from mergekd.teachers import load_teacher
+
+    model, tok = load_student("teacher:smollm2-135m")
+    teacher = load_teacher("smollm2-135m", overrides={"device": "cpu"})
+    assert all(p.requires_grad and p.dtype == torch.float32 for p in model.parameters())
+    ids = tok("Call me Ishmael.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, teacher.model.float()(ids).logits)
 
 
 def test_new_student_is_seeded_and_sized():

@@ -27,8 +27,9 @@ class StudentSpec:
 
 
 def parse_student_spec(spec: str) -> StudentSpec:
-    """``new:FAMILY?tokenizer=NAME&layers=4&hidden=256&heads=4&ctx=1024``, ``hf:PATH_OR_ID``, ``gguf:PATH``
-    or a bare local folder."""
+    """``new:FAMILY?tokenizer=NAME&layers=4&hidden=256&heads=4&ctx=1024``, ``hf:PATH_OR_ID``, ``gguf:PATH``,
+    ``teacher:NAME`` (the pretrained weights of a registered teacher, e.g. the offline SmolLM2-135M) or a bare
+    local folder."""
     if not spec or not spec.strip():
         raise ConfigError("student: empty spec; use e.g. new:llama?tokenizer=gpt2 or hf:PATH")
     spec = spec.strip()
@@ -58,12 +59,17 @@ def parse_student_spec(spec: str) -> StudentSpec:
         return StudentSpec("new", family, parsed)
     if spec.startswith("hf:"):
         return StudentSpec("hf", spec[3:])
+    if spec.startswith("teacher:"):
+        if not spec[8:].strip():
+            raise ConfigError("student: teacher: needs a registered teacher name, e.g. teacher:smollm2-135m")
+        return StudentSpec("teacher", spec[8:].strip())
     if spec.startswith("gguf:"):
         return StudentSpec("gguf", spec[5:])
     if Path(spec).is_dir():
         return StudentSpec("hf", spec)
     raise ConfigError(f"student: cannot read spec {spec!r}; use new:FAMILY?tokenizer=..., hf:PATH_OR_ID, "
-                      "gguf:PATH, or an existing local folder")
+                      "gguf:PATH, teacher:NAME (a registered teacher's pretrained weights), or an existing local "
+                      "folder")
 
 
 def _new_config(family: str, vocab_size: int, o: dict, tokenizer):
@@ -102,6 +108,13 @@ def load_student(spec: str | StudentSpec, *, torch_dtype=None):
         finally:
             torch.random.set_rng_state(state)
         return model, tok
+    if s.kind == "teacher":  # a registered teacher's weights and tokenizer, trained as the student (offline)
+        from ..teachers import load_teacher
+
+        teacher = load_teacher(s.target, overrides={"device": "cpu"})
+        model = teacher.model.float() if torch_dtype is None else teacher.model.to(torch_dtype)
+        model.requires_grad_(True)
+        return model, teacher.tokenizer
     if s.kind == "hf":
         try:
             tok = AutoTokenizer.from_pretrained(s.target)
