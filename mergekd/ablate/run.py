@@ -163,7 +163,7 @@ def cell_key(cell: Cell, cache_ident: dict | None) -> CellKey:
     fitted on cached chunks), so it is left out."""
     c = cell.config
     fit = c.fit_data if c.fit_data is not None and cache_ident is None else None
-    settings = c.model_copy(update={"data": Path("data"), "fit_data": None, "cache": None}).fingerprint()
+    settings = c.model_copy(update={"data": "data", "fit_data": None, "cache": None}).fingerprint()
     training = _digest({"settings": settings, "data_sha256": sha256_file(Path(c.data)),
                         "fit_data_sha256": sha256_file(Path(fit)) if fit is not None else None,
                         "cache": cache_ident})

@@ -67,12 +67,15 @@ def option(name: str, field, *, flags: tuple[str, ...] = (), metavar: str | None
 
 def model_options(model: type[BaseModel], *, exclude: tuple[str, ...] = (), flags: dict[str, tuple] | None = None,
                   metavars: dict[str, str] | None = None, panels: dict[str, str] | None = None,
-                  annotations: dict[str, Any] | None = None) -> list[inspect.Parameter]:
-    """Options for every field of ``model`` except ``exclude``, in field order."""
+                  annotations: dict[str, Any] | None = None, order: list[str] | None = None) -> list[inspect.Parameter]:
+    """Options for every field of ``model`` except ``exclude``, in field order (or in ``order``: every field)."""
     flags, metavars, panels, annotations = flags or {}, metavars or {}, panels or {}, annotations or {}
-    return [option(name, field, flags=flags.get(name, ()), metavar=metavars.get(name),
+    names = order if order is not None else list(model.model_fields)
+    if sorted(names) != sorted(model.model_fields):
+        raise ValueError(f"order must list every field of {model.__name__} once")
+    return [option(name, model.model_fields[name], flags=flags.get(name, ()), metavar=metavars.get(name),
                    panel=panels.get(name), annotation=annotations.get(name))
-            for name, field in model.model_fields.items() if name not in exclude]
+            for name in names if name not in exclude]
 
 
 def teacher_runtime_options(*, flags: dict[str, tuple] | None = None) -> list[inspect.Parameter]:

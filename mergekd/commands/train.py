@@ -13,12 +13,11 @@ from .options import plain, refuse_unused, require, runtime_overrides, teacher_r
 
 _DISTILL_FLAGS = {"teachers": ("--teachers",), "objective": ("--term",), "on_policy": ("--on-policy",)}
 _DISTILL_META = {"objective": "NAME[:k=v,...]", "on_policy": "FRACTION"}
-_PANELS = {**{n: "Teacher runtime" for n in ("teachers", "teacher_device", "teacher_max_length",
-                                              "teacher_batch_size", "byte_rule", "teacher_placement", "cache",
-                                              "mix", "fit_data")},
-           **{n: "Objective" for n in ("objective", "token_ce_weight", "byte_ce_weight", "kl_weight", "trie_kl_weight",
-                                       "trie_kl_depth", "kl_loss", "temperature", "byte_head", "byte_offsets")},
-           **{n: "On-policy" for n in ("on_policy", "max_new_tokens", "gen_temperature", "top_p", "prompt_bytes")}}
+def _panels() -> dict[str, str]:
+    """Each option's --help panel: the title of its config section (mergekd.distill.config.SECTIONS)."""
+    from ..distill.config import SECTIONS
+
+    return {name: title for model, title in SECTIONS.values() for name in model.model_fields}
 
 
 def _distill_options() -> list:
@@ -26,8 +25,10 @@ def _distill_options() -> list:
     from .options import model_options, plain
 
     head = [plain("config", None, "--config", "-c", help="YAML config (flags override it)", annotation=Optional[Path])]
-    fields = model_options(DistillConfig, flags=_DISTILL_FLAGS, metavars=_DISTILL_META, panels=_PANELS,
-                           annotations={"objective": Optional[list[str]]})  # --term is repeatable
+    panels = _panels()
+    fields = model_options(DistillConfig, flags=_DISTILL_FLAGS, metavars=_DISTILL_META, panels=panels,
+                           annotations={"objective": Optional[list[str]]},  # --term is repeatable
+                           order=list(panels))
     tail = [plain("ce_only", False, "--ce-only", help="baseline: no teachers, token CE only"),
             plain("quiet", False, "--quiet", help="no progress bar")]
     return head + fields + tail

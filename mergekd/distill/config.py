@@ -1,5 +1,12 @@
 """DistillConfig: every knob of ``mergekd distill``, validated once at the edge (YAML file and CLI flags).
 
+The config is composed of section models (:data:`SECTIONS`: run, data, student, teacher, mix, objective,
+optimiser, on_policy), each holding its fields and the validators of their grammar (data specs, student and
+teacher specs, mixer, byte head, byte rule, devices, trackers, objective terms), so a section can be validated
+and reused on its own; :class:`DistillConfig` composes them (fields stay flat attributes: ``cfg.lr``) and checks
+the rules that span sections (teacher terms need teachers, caches refuse on-policy, ...). YAML may nest the
+sections or keep flat keys; flags are the flat names; ``--help`` groups options by section.
+
 Defaults and their sources: λ_b = 1 and λ_kl = 0.1 as reported (second-hand) for Byte-Level Distillation
 (arXiv 2604.07466); K = 10 byte offsets (BLD); forward KL at temperature 1 (BLD). CE-only training is the same
 config with ``byte_ce_weight = 0`` and ``kl_weight = 0`` and no teachers (``--ce-only``).
@@ -24,83 +31,61 @@ OBJECTIVE_FLAGS = ("token_ce_weight", "byte_ce_weight", "kl_weight", "trie_kl_we
                    "temperature")
 
 
-class DistillConfig(BaseModel):
+class RunSection(BaseModel):
+    """Run and output: where the run writes, how long it trains, logging, seed and the student's device."""
+
     model_config = ConfigDict(extra="forbid")
 
-    teachers: list[str] = Field(default_factory=list, description="teacher specs, comma-separated on the command "
-                                "line (smollm2-135m,gemma3-270m; hf:PATH_OR_ID; gguf:FILE); empty = CE-only training")
-    student: str = Field(..., description="student spec: new:llama?tokenizer=gpt2&layers=4, hf:PATH, gguf:PATH")
-    data: str = Field(..., description="training data spec, streamed: a .txt/.jsonl/.json/.parquet/.csv/.arrow "
-                      "file, a save_to_disk folder, a glob of shards (data/*.parquet) or hub:owner/name, with "
-                      "?text_field=, ?prompt_field=/?response_field= (loss on the response only), ?messages_field= "
-                      "(chats), ?shuffle_buffer=N (default 10000 chunks; 0 = stream order); see docs/data.md")
     out: Path = Field(..., description="output folder (checkpoints/, metrics.jsonl, final/); rerun to resume")
-    eval_data: str | None = Field(None, description="held-out text (a data spec like data): the export's BPB "
-                                                    "goes in its model card")
-    mix: str | dict = Field("linear", description="mixer spec (linear, learned, product:weights=1;2) or, in "
-                            "YAML, a mapping {name: linear, weights: [1, 2]}")
-    fit_data: str | None = Field(None, description="text (a data spec like data) a learning mixer is fitted on "
-                                                   "(online teachers only; read whole)")
-    cache: Path | None = Field(None, description="teacher byte cache from `mergekd cache` (no teacher in memory)")
-
     steps: int = Field(100, ge=1, description="optimizer steps (raise it and rerun to train further)")
-    batch_size: int = Field(8, ge=1, description="global batch (texts per optimizer step, all processes)")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (batch_size is split)")
-    seq_bytes: int = Field(512, ge=16, description="bytes per training text chunk")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW; linear warm-up, cosine decay to 10%)")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    warmup_steps: int = Field(10, ge=0, description="linear warm-up steps before the cosine decay")
-    seed: int = Field(0, description="seed of initialisation and data order (a pure function of seed and step)")
-
-    byte_head: str = Field("parallel", description="byte head from the byte-head registry: parallel (BLD, alias "
-                           "bld), recurrent, or a plugin's name")
-    byte_offsets: int = Field(10, ge=1, le=64, description="K: bytes of each student token the byte head and "
-                              "the trie term supervise")
-    token_ce_weight: float = Field(1.0, ge=0, description="weight of the student's token CE")
-    byte_ce_weight: float = Field(1.0, ge=0, description="λ_b: byte head CE on the text's bytes (its default applies "
-                                  "with teachers; a run without teachers is the CE-only baseline)")
-    kl_weight: float = Field(0.1, ge=0, description="λ_kl: D(mixture ‖ byte head); needs teachers or a cache (its "
-                             "default applies only with them)")
-    trie_kl_weight: float = Field(0.0, ge=0, description="λ_t: D(mixture ‖ the next-byte distribution the "
-                                  "student's token softmax implies through its byte trie), which trains the token "
-                                  "softmax itself")
-    trie_kl_depth: int = Field(0, ge=0, le=64, description="byte offsets of each student token the trie term "
-                               "covers: 1 = the first byte only, 0 = every offset up to byte_offsets")
-    kl_loss: str = Field("forward-kl", description="divergence of the KL terms: forward-kl, reverse-kl, jsd")
-    temperature: float = Field(1.0, gt=0, description="softens both distributions in the KL terms")
-    objective: list[str | dict] | None = Field(
-        None, description="the loss as a list of registered terms, e.g. [{term: token_ce}, {term: trie_kl, "
-                          "weight: 3}] (CLI: --term trie_kl:weight=3, repeatable); when given it replaces the "
-                          "weight flags (token_ce_weight, byte_ce_weight, kl_weight, trie_kl_*, kl_loss, temperature)")
-
     save_every: int = Field(50, ge=1, description="steps between checkpoints (and at the last step)")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk (older ones are removed)")
-    device: str = Field("auto", description="student device: auto (cuda when available), cpu, cuda, cuda:N, mps; "
-                        "a device this machine lacks is refused")
-    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = Field(
-        "auto", description="autocast of the student: auto = bf16 on a GPU that supports it, else no")
-    teacher_placement: Literal["device", "swap"] = Field(
-        "device", description="device: every teacher stays on its device; swap: one at a time, the rest on the CPU")
-    teacher_device: str | None = Field(None, description="device of the teachers' forward passes (default: the "
-                                                         "student's device)")
-    teacher_batch_size: int | None = RUNTIME.model_fields["teacher_batch_size"]  # one definition, shared
-    teacher_max_length: int | None = RUNTIME.model_fields["teacher_max_length"]  # with every teacher command
-    byte_rule: str = Field("canonical", description="every teacher's token → byte rule: canonical (fast) or "
-                                                    "exact:K=8 (covering sum; short texts only)")
-    lora_rank: int = Field(0, ge=0, description="0 = full fine-tuning; >0 trains LoRA adapters (needs peft)")
     log_every: int = Field(1, ge=1, description="steps between metrics.jsonl lines")
     report_to: list[str] = Field(default_factory=list, description="experiment trackers, comma-separated: "
                                  "tensorboard (events in OUT/tensorboard/), wandb, trackio, none; each needs its "
                                  "package (pip install 'mergekd[track]' for tensorboard)")
 
-    # on-policy distillation (GKD, Agarwal et al. 2024): the student writes the continuations it is trained on
-    on_policy: float = Field(0.0, description="λ: fraction of batches whose continuations the student samples; "
-                                              "0 = off, 1 = every batch")
-    max_new_tokens: int = Field(64, ge=1, description="tokens the student samples per on-policy continuation")
-    gen_temperature: float = Field(1.0, gt=0, description="sampling temperature of on-policy continuations")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass of on-policy continuations")
+    seed: int = Field(0, description="seed of initialisation and data order (a pure function of seed and step)")
+
+    device: str = Field("auto", description="student device: auto (cuda when available), cpu, cuda, cuda:N, mps; "
+                        "a device this machine lacks is refused")
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = Field(
+        "auto", description="autocast of the student: auto = bf16 on a GPU that supports it, else no")
+
+    @field_validator("device")
+    @classmethod
+    def _available_device(cls, v: str) -> str:
+        from ..devices import check_device
+
+        return check_device(v, "device")
+
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _known_trackers(cls, v):
+        from .trackers import check_report_to
+
+        return check_report_to(v)
+
+
+
+class DataSection(BaseModel):
+    """Data: what the student trains on, is evaluated on and how texts are cut."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(..., description="training data spec, streamed: a .txt/.jsonl/.json/.parquet/.csv/.arrow "
+                      "file, a save_to_disk folder, a glob of shards (data/*.parquet) or hub:owner/name, with "
+                      "?text_field=, ?prompt_field=/?response_field= (loss on the response only), ?messages_field= "
+                      "(chats), ?shuffle_buffer=N (default 10000 chunks; 0 = stream order); see docs/data.md")
+    eval_data: str | None = Field(None, description="held-out text (a data spec like data): the export's BPB "
+                                                    "goes in its model card")
+    fit_data: str | None = Field(None, description="text (a data spec like data) a learning mixer is fitted on "
+                                                   "(online teachers only; read whole)")
+    seq_bytes: int = Field(512, ge=16, description="bytes per training text chunk")
     prompt_bytes: int = Field(64, ge=1, description="prompt length in bytes: the start of a plain-text chunk, "
                                                     "the end of a long prompt/response prompt")
+
 
     @field_validator("data", "eval_data", "fit_data", mode="before")
     @classmethod
@@ -120,12 +105,19 @@ class DistillConfig(BaseModel):
         parse_source(v, info.field_name)  # grammar and options only; the files are opened when the run starts
         return v
 
-    @field_validator("byte_rule", mode="before")
-    @classmethod
-    def _known_rule(cls, v):
-        from ..bytes.rule import parse_byte_rule
 
-        return parse_byte_rule(v, "byte_rule").label()  # ConfigError naming the valid spellings
+
+class StudentSection(BaseModel):
+    """Student: the model being trained and the byte head that may ride on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    student: str = Field(..., description="student spec: new:llama?tokenizer=gpt2&layers=4, hf:PATH, gguf:PATH")
+    byte_head: str = Field("parallel", description="byte head from the byte-head registry: parallel (BLD, alias "
+                           "bld), recurrent, or a plugin's name")
+    byte_offsets: int = Field(10, ge=1, le=64, description="K: bytes of each student token the byte head and "
+                              "the trie term supervise")
+    lora_rank: int = Field(0, ge=0, description="0 = full fine-tuning; >0 trains LoRA adapters (needs peft)")
 
     @field_validator("student")
     @classmethod
@@ -135,13 +127,6 @@ class DistillConfig(BaseModel):
         parse_student_spec(v)  # grammar only: nothing is loaded
         return v
 
-    @field_validator("mix", mode="before")
-    @classmethod
-    def _known_mix(cls, v):
-        from ..mix import build_mixer
-
-        build_mixer(v)  # a typo stops here, before any teacher loads (UnknownNameError with close matches)
-        return v
 
     @field_validator("byte_head")
     @classmethod
@@ -150,12 +135,33 @@ class DistillConfig(BaseModel):
 
         return BYTE_HEADS.canonical(v)  # aliases and plugins resolve; a typo lists the known heads
 
-    @field_validator("device")
-    @classmethod
-    def _available_device(cls, v: str) -> str:
-        from ..devices import check_device
 
-        return check_device(v, "device")
+
+class TeacherSection(BaseModel):
+    """Teachers: where teacher rows come from (online teachers or a byte cache) and how teachers run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teachers: list[str] = Field(default_factory=list, description="teacher specs, comma-separated on the command "
+                                "line (smollm2-135m,gemma3-270m; hf:PATH_OR_ID; gguf:FILE); empty = CE-only training")
+    cache: Path | None = Field(None, description="teacher byte cache from `mergekd cache` (no teacher in memory)")
+
+    teacher_placement: Literal["device", "swap"] = Field(
+        "device", description="device: every teacher stays on its device; swap: one at a time, the rest on the CPU")
+    teacher_device: str | None = Field(None, description="device of the teachers' forward passes (default: the "
+                                                         "student's device)")
+    teacher_batch_size: int | None = RUNTIME.model_fields["teacher_batch_size"]  # one definition, shared
+    teacher_max_length: int | None = RUNTIME.model_fields["teacher_max_length"]  # with every teacher command
+    byte_rule: str = Field("canonical", description="every teacher's token → byte rule: canonical (fast) or "
+                                                    "exact:K=8 (covering sum; short texts only)")
+
+    @field_validator("byte_rule", mode="before")
+    @classmethod
+    def _known_rule(cls, v):
+        from ..bytes.rule import parse_byte_rule
+
+        return parse_byte_rule(v, "byte_rule").label()  # ConfigError naming the valid spellings
+
 
     @field_validator("teacher_device")
     @classmethod
@@ -163,6 +169,92 @@ class DistillConfig(BaseModel):
         from ..devices import check_device
 
         return None if v is None else check_device(v, "teacher_device")
+
+
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _split_teachers(cls, v):
+        if isinstance(v, str):
+            return [t.strip() for t in v.split(",") if t.strip()]
+        return v
+
+
+
+class MixSection(BaseModel):
+    """Mixing: how the teachers' next-byte distributions are combined."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mix: str | dict = Field("linear", description="mixer spec (linear, learned, product:weights=1;2) or, in "
+                            "YAML, a mapping {name: linear, weights: [1, 2]}")
+
+    @field_validator("mix", mode="before")
+    @classmethod
+    def _known_mix(cls, v):
+        from ..mix import build_mixer
+
+        build_mixer(v)  # a typo stops here, before any teacher loads (UnknownNameError with close matches)
+        return v
+
+
+
+class ObjectiveSection(BaseModel):
+    """Objective: the loss: a list of registered terms, or the weight flags that expand into one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    objective: list[str | dict] | None = Field(
+        None, description="the loss as a list of registered terms, e.g. [{term: token_ce}, {term: trie_kl, "
+                          "weight: 3}] (CLI: --term trie_kl:weight=3, repeatable); when given it replaces the "
+                          "weight flags (token_ce_weight, byte_ce_weight, kl_weight, trie_kl_*, kl_loss, temperature)")
+
+    token_ce_weight: float = Field(1.0, ge=0, description="weight of the student's token CE")
+    byte_ce_weight: float = Field(1.0, ge=0, description="λ_b: byte head CE on the text's bytes (its default applies "
+                                  "with teachers; a run without teachers is the CE-only baseline)")
+    kl_weight: float = Field(0.1, ge=0, description="λ_kl: D(mixture ‖ byte head); needs teachers or a cache (its "
+                             "default applies only with them)")
+    trie_kl_weight: float = Field(0.0, ge=0, description="λ_t: D(mixture ‖ the next-byte distribution the "
+                                  "student's token softmax implies through its byte trie), which trains the token "
+                                  "softmax itself")
+    trie_kl_depth: int = Field(0, ge=0, le=64, description="byte offsets of each student token the trie term "
+                               "covers: 1 = the first byte only, 0 = every offset up to byte_offsets")
+    kl_loss: str = Field("forward-kl", description="divergence of the KL terms: forward-kl, reverse-kl, jsd")
+    temperature: float = Field(1.0, gt=0, description="softens both distributions in the KL terms")
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _known_terms(cls, v):
+        if v is None:
+            return v
+        from ..objective import build_terms
+
+        terms = build_terms(v)  # names, options and duplicates checked here; a string may hold several terms
+        return [t.spec() for t in terms]
+
+
+
+class OptimiserSection(BaseModel):
+    """Optimiser: batch, learning-rate schedule and AdamW."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(8, ge=1, description="global batch (texts per optimizer step, all processes)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step (batch_size is split)")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW; linear warm-up, cosine decay to 10%)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(10, ge=0, description="linear warm-up steps before the cosine decay")
+
+
+class OnPolicySection(BaseModel):
+    """On-policy: on-policy distillation (GKD, Agarwal et al. 2024): the student writes the continuations it is trained on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on_policy: float = Field(0.0, description="λ: fraction of batches whose continuations the student samples; "
+                                              "0 = off, 1 = every batch")
+    max_new_tokens: int = Field(64, ge=1, description="tokens the student samples per on-policy continuation")
+    gen_temperature: float = Field(1.0, gt=0, description="sampling temperature of on-policy continuations")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass of on-policy continuations")
 
     @field_validator("on_policy", mode="before")
     @classmethod
@@ -178,19 +270,18 @@ class DistillConfig(BaseModel):
                              "use --on-policy 1 for fully on-policy training")
         return f
 
-    @field_validator("report_to", mode="before")
-    @classmethod
-    def _known_trackers(cls, v):
-        from .trackers import check_report_to
 
-        return check_report_to(v)
 
-    @field_validator("teachers", mode="before")
+class DistillConfig(RunSection, DataSection, StudentSection, TeacherSection, MixSection, ObjectiveSection, OptimiserSection, OnPolicySection):
+    """Every knob of ``mergekd distill``: the sections above, composed (YAML may nest them: ``run: {steps: 10}``,
+    or keep the flat keys; flags are the flat names). Cross-section rules are checked here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
     @classmethod
-    def _split_teachers(cls, v):
-        if isinstance(v, str):
-            return [t.strip() for t in v.split(",") if t.strip()]
-        return v
+    def _flatten_sections(cls, raw):
+        return flatten_sections(raw) if isinstance(raw, dict) else raw
 
     @model_validator(mode="after")
     def _check(self):
@@ -218,16 +309,6 @@ class DistillConfig(BaseModel):
     def uses_teacher_rows(self) -> bool:
         """A term reads the teachers' rows: only then are teachers loaded or a cache opened."""
         return self.has_teacher_rows and any(t.needs_teacher_rows and t.weight > 0 for t in self.terms())
-
-    @field_validator("objective", mode="before")
-    @classmethod
-    def _known_terms(cls, v):
-        if v is None:
-            return v
-        from ..objective import build_terms
-
-        terms = build_terms(v)  # names, options and duplicates checked here; a string may hold several terms
-        return [t.spec() for t in terms]
 
     def terms(self):
         """The objective as term instances: the ``objective`` list, or the weight flags expanded into one."""
@@ -348,6 +429,54 @@ class DistillConfig(BaseModel):
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# The sections of a distillation config, in the order --help shows them: YAML key → (model, help panel title).
+SECTIONS: dict[str, tuple[type[BaseModel], str]] = {
+    "run": (RunSection, "Run and output"), "data": (DataSection, "Data"), "student": (StudentSection, "Student"),
+    "teacher": (TeacherSection, "Teachers"), "mix": (MixSection, "Mixing"),
+    "objective": (ObjectiveSection, "Objective"), "optimiser": (OptimiserSection, "Optimiser"),
+    "on_policy": (OnPolicySection, "On-policy"),
+}
+
+
+def section_of(field: str) -> str:
+    """The section (YAML key) a flat field belongs to."""
+    for key, (model, _) in SECTIONS.items():
+        if field in model.model_fields:
+            return key
+    raise KeyError(field)
+
+
+def flatten_sections(raw: dict) -> dict:
+    """A config whose keys may be sections (``run: {steps: 10, out: runs/x}``) → the flat field mapping.
+
+    Five sections share their name with a field (``data``, ``student``, ``mix``, ``objective``, ``on_policy``):
+    their mapping is a section only when every key in it is a field of that section (``data: {data: a.txt,
+    seq_bytes: 256}``), so ``data: {path: a.parquet, text_field: body}`` stays a data source and ``mix: {name:
+    learned}`` a mixer. A field given both flat and inside its section is refused, as is a key a section does
+    not hold (the message names the section it belongs to)."""
+    flat = dict(raw)
+    for key, (model, _) in SECTIONS.items():
+        inner = raw.get(key)
+        names = set(model.model_fields)
+        if not isinstance(inner, dict) or not inner:
+            continue
+        if key in names and not set(inner) <= names:
+            continue  # the field's own mapping form (a data source, a mixer)
+        del flat[key]
+        for name, value in inner.items():
+            if name not in names:
+                try:
+                    home = f"; it belongs to section {section_of(name)!r}"
+                except KeyError:
+                    home = ""
+                raise ValueError(f"{key}.{name}: not an option of section {key!r} (options: "
+                                 f"{', '.join(model.model_fields)}){home}")
+            if name in flat and name in raw and not (name == key):
+                raise ValueError(f"{name}: given both at the top level and in section {key!r}; keep one")
+            flat[name] = value
+    return flat
+
+
 def load_config(path: Path | None, overrides: dict) -> DistillConfig:
     """YAML file (optional) + CLI overrides (None values ignored) → validated DistillConfig.
 
@@ -365,6 +494,10 @@ def load_config(path: Path | None, overrides: dict) -> DistillConfig:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of field: value")
+    try:
+        data = flatten_sections(data)  # before the flags, which win over the file
+    except ValueError as exc:
+        raise ConfigError(f"invalid distillation config — {exc}") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return DistillConfig(**data)
