@@ -47,15 +47,16 @@ class NonFiniteError(MergekdError, FloatingPointError):
     """NaN or infinite values where finite numbers are required (teacher logits, losses)."""
 
 
-def one_line(exc, prefix: str) -> ConfigError:
+def one_line(exc, prefix: str, *, explain=None, separator: str = " — ") -> ConfigError:
     """A pydantic ``ValidationError`` as one ConfigError line: ``prefix — field: problem; field: problem``.
 
     The one formatter of validation errors, so every command words them alike: the field path, then pydantic's
-    message without its "Value error, " preamble (our validators already name the fix)."""
+    message without its "Value error, " preamble (our validators already name the fix). ``explain(err, where)``
+    may return a better message for an error (e.g. the valid keys of an ablation config), or None."""
     problems = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
-        message = err["msg"].removeprefix("Value error, ")
-        named = not where or message.startswith(f"{where}:")  # model-level checks and some validators name it
+        message = (explain(err, where) if explain is not None else None) or err["msg"].removeprefix("Value error, ")
+        named = not where or message.startswith((f"{where}:", f"{where.split('.')[0]}:"))  # it names itself
         problems.append(message if named else f"{where}: {message}")
-    return ConfigError(f"{prefix} — " + "; ".join(problems))
+    return ConfigError(f"{prefix}{separator}" + "; ".join(problems))

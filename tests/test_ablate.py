@@ -92,8 +92,8 @@ def test_cells_collapse_the_ce_baseline_and_single_teacher_mixers_with_stable_id
     assert single.config.mix == "linear" and single.config.teachers == ["smollm2-135m"]
     pair = cells[0]
     assert pair.config.teachers == ["smollm2-135m", "gemma3-270m"] and pair.config.out == tmp_path / "cells" / ids[0]
-    assert pair.config.data == tmp_path / "data" / "botchan.0_2400.txt"
-    assert pair.config.eval_data == tmp_path / "data" / "botchan.m1200_end.txt"
+    assert pair.config.data == str(tmp_path / "data" / "botchan.0_2400.txt")
+    assert pair.config.eval_data == str(tmp_path / "data" / "botchan.m1200_end.txt")
     assert cells[-1].config.kl_weight == 2.0 and cells[-1].config.teachers == ["gemma3-270m"]
     # any DistillConfig field is an axis; ids name it
     lr_cells = expand_cells(_cfg(grid={"teachers": ["none"], "lr": [0.001, 0.01]}), tmp_path)

@@ -136,9 +136,7 @@ def test_config_errors_name_the_field(setup):
         load_config(None, {**config, "out": "x", "steps": 0})
     with pytest.raises(ConfigError, match="byte_hed"):
         load_config(None, {**config, "out": "x", "byte_hed": "parallel"})
-    from mergekd.errors import UnknownNameError
-
-    with pytest.raises(UnknownNameError, match="forward-kl"):
+    with pytest.raises(ConfigError, match="kl_loss: unknown losses 'forward-k'. Did you mean 'forward-kl'"):
         load_config(None, {**config, "out": "x", "kl_loss": "forward-k"})
 
 

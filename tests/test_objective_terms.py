@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from mergekd.errors import ConfigError, UnknownNameError
+from mergekd.errors import ConfigError
 from teacher_fixtures import save_tiny_teacher
 
 STUDENT = "new:llama?tokenizer=gpt2&layers=1&hidden=32&heads=2&ctx=256"
@@ -84,7 +84,7 @@ def test_term_settings_that_cannot_take_effect_are_refused(work):
     from mergekd.distill import load_config
 
     base = _base(work, "x")
-    with pytest.raises(UnknownNameError, match="Did you mean 'trie-kl'"):
+    with pytest.raises(ConfigError, match="objective: unknown objective terms 'trie_k'. Did you mean 'trie-kl'"):
         load_config(None, {**base, "objective": ["token_ce", "trie_k"]})
     with pytest.raises(ConfigError, match="trie_kl reads teacher rows.*--teachers"):
         load_config(None, {**base, "objective": ["token_ce", "trie_kl:weight=3"]})

@@ -41,7 +41,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..distill.config import DistillConfig
-from ..errors import ConfigError, MergekdError
+from ..errors import ConfigError, MergekdError, one_line
 from .data import is_asset, parse_asset, target_path
 
 # Fields that only matter when there are teachers: a CE-only cell ignores them, so they do not split baselines.
@@ -238,18 +238,18 @@ class AblationConfig(BaseModel):
         return self
 
 
+def _explain(err: dict, where: str) -> str | None:
+    """Unknown keys of an ablation config list the valid ones (distill settings belong under base:)."""
+    if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+        keys = list(AblationConfig.model_fields)
+        return f"unknown key{_suggest(where, keys)} (valid: {', '.join(keys)}; distill settings go under base:)"
+    if err["type"] == "extra_forbidden" and err["loc"][0] == "cache":
+        return f"unknown cache option (valid: {', '.join(CacheSettings.model_fields)})"
+    return None
+
+
 def format_errors(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
-            keys = list(AblationConfig.model_fields)
-            msg = f"unknown key{_suggest(where, keys)} (valid: {', '.join(keys)}; distill settings go under base:)"
-        elif err["type"] == "extra_forbidden" and err["loc"][0] == "cache":
-            msg = f"unknown cache option (valid: {', '.join(CacheSettings.model_fields)})"
-        lines.append(msg if (where and msg.startswith(where.split(".")[0])) or not where else f"{where}: {msg}")
-    return f"invalid ablation config {source} — " + "; ".join(lines)
+    return str(one_line(exc, f"invalid ablation config {source}", explain=_explain))
 
 
 def parse_ablation(raw: Any, source: str = "(inline)") -> AblationConfig:
@@ -452,9 +452,7 @@ def _cell_config(fields: dict, folder: Path, label: str, resolved: set[str]) -> 
     try:
         return DistillConfig(**{**fields, "out": folder})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: "
-                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise ConfigError(f"{label}: {problems}") from None
+        raise one_line(exc, label, separator=": ") from None
     except MergekdError as exc:  # e.g. an unknown kl_loss: the message names the value
         raise ConfigError(f"{label}: {' '.join(str(exc).split())}") from None
 

@@ -15,6 +15,7 @@ config with ``byte_ce_weight = 0`` and ``kl_weight = 0`` and no teachers (``--ce
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 import json
 from pathlib import Path
 from typing import Literal
@@ -22,7 +23,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import ConfigError, one_line
+from ..errors import ConfigError, UnknownNameError, one_line
 from ..teachers.runtime import TeacherRuntime as RUNTIME
 
 
@@ -133,7 +134,8 @@ class StudentSection(BaseModel):
     def _known_byte_head(cls, v: str) -> str:
         from ..student.byte_head import BYTE_HEADS
 
-        return BYTE_HEADS.canonical(v)  # aliases and plugins resolve; a typo lists the known heads
+        with registry_miss_as_value_error():
+            return BYTE_HEADS.canonical(v)  # aliases and plugins resolve; a typo lists the known heads
 
 
 
@@ -193,7 +195,8 @@ class MixSection(BaseModel):
     def _known_mix(cls, v):
         from ..mix import build_mixer
 
-        build_mixer(v)  # a typo stops here, before any teacher loads (UnknownNameError with close matches)
+        with registry_miss_as_value_error():
+            build_mixer(v)  # a typo stops here, before any teacher loads (with close matches)
         return v
 
 
@@ -228,7 +231,8 @@ class ObjectiveSection(BaseModel):
             return v
         from ..objective import build_terms
 
-        terms = build_terms(v)  # names, options and duplicates checked here; a string may hold several terms
+        with registry_miss_as_value_error():
+            terms = build_terms(v)  # names, options and duplicates checked here; a string may hold several terms
         return [t.spec() for t in terms]
 
 
@@ -296,7 +300,8 @@ class DistillConfig(RunSection, DataSection, StudentSection, TeacherSection, Mix
             self._check_fit_data()
         from ..losses import LOSSES
 
-        LOSSES.get(self.kl_loss)  # unknown name → UnknownNameError listing close matches
+        with registry_miss_as_value_error("kl_loss"):
+            LOSSES.get(self.kl_loss)  # an unknown name lists close matches
         self._check_teacher_specs()
         return self
 
@@ -385,7 +390,8 @@ class DistillConfig(RunSection, DataSection, StudentSection, TeacherSection, Mix
         from ..teachers.registry import resolve_teacher
 
         for spec in self.teachers:
-            resolve_teacher(spec, self.teacher_overrides())
+            with registry_miss_as_value_error("teachers"):
+                resolve_teacher(spec, self.teacher_overrides())
 
     def teacher_overrides(self) -> dict:
         """The teacher-runtime options this run sets for every teacher (a spec's own ``?options`` win)."""
@@ -427,6 +433,17 @@ class DistillConfig(RunSection, DataSection, StudentSection, TeacherSection, Mix
                                                        *(("objective",) if self.objective is None else
                                                          OBJECTIVE_FLAGS)})
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def registry_miss_as_value_error(field: str | None = None):
+    """A registry miss (UnknownNameError, with its did-you-mean) inside a validator becomes a ValueError, so the
+    one-line config error names the field it came from (``kl_loss: unknown losses 'forwrd-kl'. Did you mean
+    ...``); ``field`` is needed in model-level checks, where pydantic knows no field."""
+    try:
+        yield
+    except UnknownNameError as exc:
+        raise ValueError(f"{field}: {exc}" if field else str(exc)) from None
 
 
 # The sections of a distillation config, in the order --help shows them: YAML key → (model, help panel title).
