@@ -61,6 +61,15 @@ def main() -> None:
     if not data.is_file() or data.read_text() != text:
         data.write_text(text)
     cache = args.work / "cache"
+    if (cache / "manifest.json").is_file():
+        import json
+        import shutil
+
+        from mergekd.cache.manifest import FORMAT_VERSION
+
+        if json.loads((cache / "manifest.json").read_text()).get("format_version") != FORMAT_VERSION:
+            print(f"{cache} was captured by another mergekd cache format: capturing it again")
+            shutil.rmtree(cache)
 
     # 1-2. capture (one teacher in memory at a time) and storage
     t0 = time.perf_counter()

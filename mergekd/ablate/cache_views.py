@@ -54,13 +54,30 @@ def ensure_union_cache(path: Path, specs: list[str], data: Path, *, seq_bytes: i
 
 def _stale(old: Manifest, data: Path, *, seq_bytes: int, top_k: int, tail: float, shard_chunks: int,
            max_length: int, byte_rule: str) -> bool:
-    """Whether a cache was captured from other data or with other capture options than these."""
-    from ..cache.identity import data_identity
+    """Whether a cache was captured from other data or with other capture options than these. Its data is
+    compared by chunk texts (streamed over the chunks it covers, skipped when the files are unchanged); an
+    unfinished capture is compared over the shards it has."""
+    from ..cache.identity import cache_source
+    from ..cache.manifest import check_chunks, check_limits_match, check_shard_texts, check_source
+    from ..sources import resolve
 
-    ident, _ = data_identity(data, seq_bytes)
-    return (old.data.sha256, old.data.chunks_sha256, old.top_k, old.tail, old.shard_chunks,
-            old.teacher_options.get("max_length"), old.teacher_options.get("byte_rule", "canonical")) != \
-        (ident.sha256, ident.chunks_sha256, top_k, tail, shard_chunks, max_length, byte_rule)
+    if (old.top_k, old.tail, old.shard_chunks, old.teacher_options.get("max_length"),
+            old.teacher_options.get("byte_rule", "canonical")) != (top_k, tail, shard_chunks, max_length, byte_rule):
+        return True
+    source = cache_source(data)
+    resolve(source)  # missing data is the user's error to fix, not a reason to move the cache aside
+    try:
+        check_source(old, source, seq_bytes, "cache")
+        check_limits_match(old, None, None, "cache")
+        if old.data.complete:
+            check_chunks(old, source, "cache", trust_files=True)
+        else:  # an unfinished capture: the chunks of its finished shards
+            stop = max((s.stop for t in old.teachers for s in t.shards), default=0)
+            if check_shard_texts(old, source, "cache", stop)[0].count < stop:
+                return True
+    except ConfigError:
+        return True
+    return False
 
 
 def _move_stale(path: Path, console) -> Path:

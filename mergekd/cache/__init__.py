@@ -2,6 +2,7 @@
 
     from mergekd.cache import capture_cache, CachedSignal, verify_cache
     capture_cache("runs/cache", ["smollm2-135m", "gemma3-270m"], "train.txt", top_k=16, seq_bytes=512)
+    capture_cache("runs/c50", ["smollm2-135m"], "corpus/*.parquet", limit_bytes=50_000_000)  # streamed, resumable
     signal = CachedSignal("runs/cache", cfg)          # cfg: the DistillConfig of the run (matched against the cache)
     mixed, mask = signal(texts, chunk_indices)         # like TeacherSignal, with no teacher in memory
     report = verify_cache("runs/cache", sample=8)      # checksums + mean KL(dense ‖ cached) per teacher

@@ -11,6 +11,10 @@ Layout of a cache folder::
     CACHE/t0-<teacher slug>/shard-00000.safetensors   chunks [0, shard_chunks)
     CACHE/t0-<teacher slug>/shard-00001.safetensors   chunks [shard_chunks, 2·shard_chunks)
     CACHE/t1-<teacher slug>/...
+
+Format version 2 (streamed capture): the data is identified by its source spec, limits and chunk hashes (no
+whole-file hash), each shard records the hash of its chunk texts, and the chunk count is known only once the
+first pass has ended (``data.complete``). Version-1 caches are refused with the fix (capture again).
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..io import write_json
-from .identity import DataIdentity, conversion_rule
+from .identity import ChunkHasher, DataIdentity, cache_source, conversion_rule, covered_chunks, reading_options, \
+    same_files
 
 MANIFEST = "manifest.json"
 FORMAT_NAME = "mergekd-byte-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -42,6 +47,7 @@ class ShardRecord:
     entries: int  # stored (byte, log-prob) entries
     bytes: int  # file size
     sha256: str
+    text_sha256: str  # chunks_sha256 of the shard's chunk texts: a resumed capture checks the data against it
 
 
 @dataclass
@@ -82,19 +88,38 @@ class Manifest:
 
     # ------------------------------------------------------------------------------------------------------
     def shard_ranges(self) -> list[tuple[int, int]]:
-        """Chunk ranges [start, stop) of every shard (the same for each teacher)."""
+        """Chunk ranges [start, stop) of every shard (the same for each teacher); known once the first pass over
+        the data has ended (before that, an empty list)."""
+        if not self.data.complete:
+            return []
         n, step = self.data.num_chunks, self.shard_chunks
         return [(s, min(s + step, n)) for s in range(0, n, step)]
+
+    def text_hashes(self) -> dict[int, str]:
+        """Shard start → hash of its chunk texts, from every teacher's finished shards (they must all agree)."""
+        out: dict[int, str] = {}
+        for record in self.teachers:
+            for s in record.shards:
+                out.setdefault(s.start, s.text_sha256)
+        return out
 
     def shard_file(self, teacher_index: int, start: int) -> str:
         return f"{self.teachers[teacher_index].dir}/shard-{start // self.shard_chunks:05d}.safetensors"
 
     def is_complete(self, teacher_index: int) -> bool:
         record = self.teachers[teacher_index]
-        return all(record.shard(s) is not None for s, _ in self.shard_ranges())
+        return self.data.complete and all(record.shard(s) is not None for s, _ in self.shard_ranges())
 
     def text_bytes(self) -> int:
-        return self.data.num_bytes
+        """Text bytes covered: all of them once the first pass has ended, else those of the shards so far."""
+        if self.data.num_bytes is not None:
+            return self.data.num_bytes
+        return max((sum(s.rows for s in t.shards) for t in self.teachers), default=0)
+
+    def chunks_covered(self) -> int:
+        if self.data.num_chunks is not None:
+            return self.data.num_chunks
+        return max((t.chunks_done() for t in self.teachers), default=0)
 
     def stored_bytes(self, teacher_index: int | None = None) -> int:
         teachers = self.teachers if teacher_index is None else [self.teachers[teacher_index]]
@@ -102,7 +127,7 @@ class Manifest:
 
     def summary(self) -> dict[str, Any]:
         """Storage facts: bytes stored per text byte (total and per teacher), entries per defined row."""
-        text = max(1, self.data.num_bytes)
+        text = max(1, self.text_bytes())
         per = []
         for i, t in enumerate(self.teachers):
             rows = sum(s.rows for s in t.shards)
@@ -110,7 +135,7 @@ class Manifest:
             per.append({"teacher": t.label, "spec": t.spec, "bytes": self.stored_bytes(i),
                         "bytes_per_text_byte": round(self.stored_bytes(i) / text, 3),
                         "entries_per_row": round(entries / max(1, rows), 3)})
-        return {"text_bytes": self.data.num_bytes, "chunks": self.data.num_chunks, "top_k": self.top_k,
+        return {"text_bytes": self.text_bytes(), "chunks": self.chunks_covered(), "top_k": self.top_k,
                 "tail": self.tail, "bytes": self.stored_bytes(),
                 "bytes_per_text_byte": round(self.stored_bytes() / text, 3), "teachers": per}
 
@@ -146,8 +171,13 @@ def read_manifest(cache: Path | str) -> Manifest:
         raise ConfigError(f"{path} is not readable JSON ({exc}); rebuild the cache with `mergekd cache`") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise ConfigError(f"{path} is not a mergekd byte-cache manifest")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"cache {cache} has format version {raw.get('format_version')} but this mergekd reads "
+    version = raw.get("format_version")
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise ConfigError(f"cache {cache} was captured by an older mergekd (format version {version}; this mergekd "
+                          f"reads version {FORMAT_VERSION}); re-capture it with `mergekd cache` into a new --out "
+                          f"(or delete {cache} first)")
+    if version != FORMAT_VERSION:
+        raise ConfigError(f"cache {cache} has format version {version} but this mergekd reads "
                           f"version {FORMAT_VERSION}; rebuild it with `mergekd cache` into a new --out")
     try:
         return Manifest.from_json(raw)
@@ -210,24 +240,105 @@ def check_teacher_options(manifest: Manifest, overrides: dict[str, Any], cache: 
                                   "or capture a new cache with the run's settings")
 
 
-def check_data(manifest: Manifest, ident: DataIdentity, cache: Path | str) -> None:
+def check_source(manifest: Manifest, source, seq_bytes: int, cache: Path | str) -> None:
+    """The cheap part of matching data: the same chunk size and the same reading options (text field, split, txt
+    mode, ...). The path may differ (a moved or renamed file with the same text is the same data): the chunk
+    hashes decide, see :func:`check_chunks`."""
     cached = manifest.data
-    if ident.seq_bytes != cached.seq_bytes:
+    if int(seq_bytes) != cached.seq_bytes:
         raise ConfigError(f"seq_bytes mismatch: cache {cache} holds chunks of {cached.seq_bytes} bytes but the run "
-                          f"uses seq_bytes={ident.seq_bytes}; use --seq-bytes {cached.seq_bytes} or capture a new "
+                          f"uses seq_bytes={seq_bytes}; use --seq-bytes {cached.seq_bytes} or capture a new "
                           "cache")
-    if ident.sha256 != cached.sha256:
-        raise ConfigError(f"data mismatch: cache {cache} was captured from {cached.path} (sha256 "
-                          f"{cached.sha256[:12]}…) but the run's data {ident.path} has sha256 "
-                          f"{ident.sha256[:12]}…; "
-                          "use the same data file or capture a new cache")
-    if ident.chunks_sha256 != cached.chunks_sha256 or ident.num_chunks != cached.num_chunks:
-        raise ConfigError(f"data chunks mismatch: the run cuts {ident.path} into {ident.num_chunks} chunks that "
-                          f"differ from the cache's {cached.num_chunks} (a different mergekd chunker?); capture a "
-                          "new cache")
+    theirs = reading_options(cache_source(cached.source, "cache data source"))
+    mine = reading_options(source)
+    for name in theirs:
+        if theirs[name] != mine.get(name):
+            raise ConfigError(f"data source mismatch: cache {cache} was captured from {cached.source} with "
+                              f"{name}={theirs[name]}, but the data {source.to_spec()} is read with "
+                              f"{name}={mine.get(name)}; use the same option, or capture a new cache")
+
+
+def check_limits_match(manifest: Manifest, limit_bytes: int | None, limit_chunks: int | None,
+                       cache: Path | str, fix: str = "another --out for a new cache") -> None:
+    """A resumed capture (or a run that states limits) must ask for the limits the cache was captured with."""
+    cached = manifest.data
+    for name, mine in (("limit_bytes", limit_bytes), ("limit_chunks", limit_chunks)):
+        theirs = getattr(cached, name)
+        if mine != theirs:
+            asked = "no limit" if mine is None else f"{name}={mine}"
+            raise ConfigError(f"{name} mismatch: cache {cache} covers {cached.covers()}, but this asks for "
+                              f"{asked}; use the same limit, or {fix}")
+
+
+def data_mismatch(cache: Path | str, manifest: Manifest, source, start: int, stop: int) -> ConfigError:
+    return ConfigError(f"data mismatch: chunks [{start}, {stop}) of {source.to_spec()} differ from those cache "
+                       f"{cache} was captured from ({manifest.data.source}; chunk texts are hashed per shard); use "
+                       "the data the cache was captured from, or capture a new cache")
+
+
+def check_shard_texts(manifest: Manifest, source, cache: Path | str, stop: int, keep=()) -> tuple[ChunkHasher, dict]:
+    """Stream chunks ``[0, stop)`` of ``source`` and check each finished shard's text hash on the way (the first
+    shard that differs is an error naming its chunk range). Returns the hasher of those chunks (count, bytes,
+    hash) and the texts of the indices in ``keep``. Memory holds one shard's chunk texts at a time."""
+    keep = {int(k) for k in keep}
+    expected = manifest.text_hashes()
+    texts: dict[int, str] = {}
+    total, shard = ChunkHasher(), ChunkHasher()
+    start = 0
+    for n, chunk in covered_chunks(source, manifest.data.seq_bytes, stop=stop):
+        total.update(chunk)
+        shard.update(chunk)
+        if n in keep:
+            texts[n] = chunk
+        if n + 1 == min(start + manifest.shard_chunks, stop):
+            if expected.get(start, shard.hexdigest()) != shard.hexdigest():
+                raise data_mismatch(cache, manifest, source, start, n + 1)
+            start, shard = n + 1, ChunkHasher()
+    return total, texts
+
+
+def check_chunks(manifest: Manifest, source, cache: Path | str, *, keep=(), trust_files: bool = False,
+                 say=None) -> dict[int, str]:
+    """Stream the chunks a complete cache covers (``[0, num_chunks)`` of ``source``, nothing after them) and
+    check them against the shards' text hashes and the overall chunk hash; returns the texts of the chunk
+    indices in ``keep``. ``trust_files``: skip the pass when the local files are exactly those recorded (same
+    paths, sizes and mtimes) and no text is asked for. Needs the first pass to have ended (not every teacher)."""
+    check_first_pass(manifest, cache)
+    ident = manifest.data
+    if trust_files and not keep and same_files(ident, source):
+        return {}
+    if say is not None:
+        say(f"cache {cache}: checking that {source.to_spec()} starts with the {ident.num_chunks} cached chunks "
+            f"({ident.num_bytes} bytes)")
+    total, texts = check_shard_texts(manifest, source, cache, ident.num_chunks, keep)
+    if total.count < ident.num_chunks:
+        raise ConfigError(f"data mismatch: {source.to_spec()} has only {total.count} chunks of at most "
+                          f"{ident.seq_bytes} bytes, but cache {cache} covers {ident.covers()}; use the data the "
+                          "cache was captured from, or capture a new cache")
+    if total.hexdigest() != ident.chunks_sha256:
+        raise data_mismatch(cache, manifest, source, 0, ident.num_chunks)
+    return texts
+
+
+def check_data(manifest: Manifest, data, seq_bytes: int, cache: Path | str, *, keep=(), trust_files: bool = False,
+               say=None) -> dict[int, str]:
+    """:func:`check_source` then :func:`check_chunks` for ``data`` (a source, a spec string or a Path)."""
+    source = cache_source(data)
+    check_source(manifest, source, seq_bytes, cache)
+    return check_chunks(manifest, source, cache, keep=keep, trust_files=trust_files, say=say)
+
+
+def check_first_pass(manifest: Manifest, cache: Path | str) -> None:
+    """The chunk count is known only once the capture's first pass over the data has ended."""
+    if not manifest.data.complete:
+        done = max((t.chunks_done() for t in manifest.teachers), default=0)
+        raise ConfigError(f"cache {cache} is incomplete: its capture has not finished the first pass over "
+                          f"{manifest.data.source} ({done} chunks so far); re-run `mergekd cache` with the same "
+                          "arguments to finish it")
 
 
 def check_complete(manifest: Manifest, cache: Path | str) -> None:
+    check_first_pass(manifest, cache)
     for i, record in enumerate(manifest.teachers):
         if not manifest.is_complete(i):
             raise ConfigError(f"cache {cache} is incomplete: teacher {record.label} has {record.chunks_done()} of "

@@ -16,7 +16,7 @@ import torch
 from ..errors import ConfigError
 from ..teachers.adapter import one_at_a_time
 from .codec import kl_per_row
-from .identity import data_identity, weights_sha256
+from .identity import weights_sha256
 from .manifest import check_complete, check_data, check_rule, check_teachers, read_manifest
 from .reader import ShardStore
 from .shard import CorruptShardError, file_matches
@@ -34,13 +34,15 @@ def check_checksums(cache: Path | str) -> int:
     return sum(len(t.shards) for t in manifest.teachers)
 
 
-def verify_cache(cache: Path | str, teachers: Sequence[str] | None = None, data: Path | str | None = None, *,
+def verify_cache(cache: Path | str, teachers: Sequence[str] | None = None, data=None, *,
                  seq_bytes: int | None = None, sample: int = 8, seed: int = 0, device: str = "cpu",
                  max_length: int | None = None, progress=None) -> dict[str, Any]:
     """Check ``cache`` (against ``teachers``/``data`` when given) and measure its reconstruction error.
 
-    ``sample`` chunks (a seeded random choice) are recomputed by each teacher. ``progress(message)`` is called
-    with one line per stage. Returns a JSON-able report (see module docstring).
+    ``data`` (a Path, spec string or DataSource; default: the source recorded in the cache) is streamed once
+    over the chunks the cache covers: their texts must hash as captured, and the ``sample`` chunks (a seeded
+    random choice) are kept and recomputed by each teacher. ``progress(message)`` is called with one line per
+    stage. Returns a JSON-able report (see module docstring).
     """
     cache = Path(cache)
     say = progress or (lambda message: None)
@@ -48,16 +50,16 @@ def verify_cache(cache: Path | str, teachers: Sequence[str] | None = None, data:
     check_rule(manifest, cache)
     if teachers:
         check_teachers(manifest, list(teachers), cache)
-    ident, chunks = data_identity(data if data is not None else manifest.data.path,
-                                  seq_bytes if seq_bytes is not None else manifest.data.seq_bytes)
-    check_data(manifest, ident, cache)
     check_complete(manifest, cache)
     shards = check_checksums(cache)
     say(f"checksums: {shards} shards ok")
 
     g = torch.Generator().manual_seed(seed)
-    picked = sorted(torch.randperm(len(chunks), generator=g)[:max(1, sample)].tolist())
-    texts = [chunks[i] for i in picked]
+    picked = sorted(torch.randperm(manifest.data.num_chunks, generator=g)[:max(1, sample)].tolist())
+    kept = check_data(manifest, data if data is not None else manifest.data.source,
+                      seq_bytes if seq_bytes is not None else manifest.data.seq_bytes, cache, keep=picked)
+    say(f"data: the {manifest.data.num_chunks} cached chunks match")
+    texts = [kept[i] for i in picked]
     store = ShardStore(cache, manifest, max_shards=2)
     max_length = max_length if max_length is not None else manifest.teacher_options.get("max_length")
     summary = manifest.summary()

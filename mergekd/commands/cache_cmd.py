@@ -13,8 +13,16 @@ from .options import plain, refuse_unused, require, teacher_runtime_options, wit
 @with_options(
     teacher_runtime_options(flags={"teacher_device": ("--teacher-device", "--device"),
                                    "teacher_max_length": ("--teacher-max-length", "--max-length")}),
-    [plain("data", None, "--data", help="training text (.txt or .jsonl); the cache holds its chunks, in order",
-           annotation=Optional[Path]),
+    [plain("data", None, "--data", help="training data, streamed: a .txt/.jsonl/.json/.parquet/.csv/.arrow file, a "
+                                        "save_to_disk folder, a glob of shards (data/*.parquet) or hub:owner/name, "
+                                        "with ?text_field=NAME etc.; the cache holds its chunks in stream order",
+           annotation=Optional[str]),
+     plain("limit_bytes", None, "--limit-bytes", help="capture only the first chunks up to this many text bytes "
+                                                      "(the chunk that reaches it is included); default: all",
+           annotation=Optional[int]),
+     plain("limit_chunks", None, "--limit-chunks", help="capture only the first this many chunks (with "
+                                                        "--limit-bytes too: whichever is reached first)",
+           annotation=Optional[int]),
      plain("out", None, "--out", help="cache folder (manifest.json + one shard folder per teacher)",
            annotation=Optional[Path]),
      plain("top_k", 16, "--top-k", help="at most this many bytes stored per byte row (1..255)"),
@@ -29,8 +37,9 @@ from .options import plain, refuse_unused, require, teacher_runtime_options, wit
 def cache_command(**options) -> None:
     """Capture each teacher's next-byte distributions once (one teacher in memory at a time); rerun to resume.
 
-    Example: mergekd cache --teachers smollm2-135m,gemma3-270m --data train.txt --out runs/cache
-    then:    mergekd distill --cache runs/cache --data train.txt ...   (no teacher in memory)
+    Example: mergekd cache --teachers smollm2-135m,gemma3-270m --data "corpus/*.parquet" --limit-bytes 50000000 \
+                 --out runs/cache
+    then:    mergekd distill --cache runs/cache --data "corpus/*.parquet" ...   (no teacher in memory)
     """
     from rich.console import Console
     from rich.table import Table
@@ -45,8 +54,8 @@ def cache_command(**options) -> None:
     console = Console()
     specs = [t.strip() for t in teachers.split(",") if t.strip()]
     if options["verify"]:
-        refuse_unused(options, ("byte_rule", "teacher_batch_size"), "cache --verify",
-                      "verification recomputes chunks with the rule and settings recorded in the cache")
+        refuse_unused(options, ("byte_rule", "teacher_batch_size", "limit_bytes", "limit_chunks"), "cache --verify",
+                      "verification recomputes chunks with the rule, settings and limits recorded in the cache")
         report = verify_cache(out, specs, data, seq_bytes=seq_bytes, sample=options["sample"], device=device,
                               max_length=max_length, progress=None if quiet else console.print)
         table = Table("teacher", "rows", "mean KL (nats/byte)", "max KL", "mask mismatch", "bytes/text byte")
@@ -59,6 +68,7 @@ def cache_command(**options) -> None:
         payload = report
     else:
         manifest = capture_cache(out, specs, data, top_k=top_k, tail=tail, seq_bytes=seq_bytes,
+                                 limit_bytes=options["limit_bytes"], limit_chunks=options["limit_chunks"],
                                  shard_chunks=options["shard_chunks"], device=device, max_length=max_length,
                                  byte_rule=byte_rule, batch_size=options["teacher_batch_size"],
                                  show_progress=not quiet, console=console)

@@ -106,7 +106,7 @@ def _build_signal(cfg: DistillConfig, device, progress_print, loaded: list | Non
     if cfg.cache is not None:
         from ..cache import CachedSignal
 
-        return CachedSignal(cfg.cache, cfg)
+        return CachedSignal(cfg.cache, cfg, progress=progress_print)  # checks the data by streaming its chunks
     if not cfg.teachers:
         return None
     from ..mix import build_mixer
