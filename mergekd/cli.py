@@ -11,13 +11,11 @@ import sys
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from .errors import MergekdError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distil several teachers with different tokenizers into one student, through bytes.")
-console = Console(stderr=False)
 err_console = Console(stderr=True)
 
 
@@ -26,65 +24,28 @@ def _root() -> None:
     """mergekd: distil several teachers with different tokenizers into one student, through bytes."""
 
 
-@app.command("vocab")
-def vocab_cmd(
-    tokenizer: str = typer.Argument(..., help="offline tokenizer name (gpt2, qwen2.5, cl100k, mistral-v1, "
-                                              "mistral-v3, smollm2, gemma3) or a local tokenizer folder"),
-    text: str = typer.Option("Hello  world\n\t日本語 😀 <|endoftext|>", help="text to align"),
-) -> None:
-    """Show how a tokenizer's ids map to bytes, and how a text's tokens line up with its bytes.
-
-    Example: mergekd vocab gemma3 --text "Hello world"
-    """
-    from .assets import load_tokenizer
-    from .bytes import byte_vocab_for
-
-    tok = load_tokenizer(tokenizer)
-    vocab = byte_vocab_for(tok, tokenizer)
-    specials = sum(b is None for b in vocab.token_bytes)
-    console.print(f"[bold]{vocab.name}[/]: {len(vocab)} ids, scheme {vocab.scheme}, dummy prefix "
-                  f"{'yes' if vocab.adds_dummy_prefix else 'no'}, {specials} special ids, eos {list(vocab.eos_ids)}")
-    align = vocab.align(text)
-    table = Table("token", "id", "bytes", "text span")
-    for tid, start, length in zip(align.token_ids.tolist(), align.token_start.tolist(), align.token_len.tolist()):
-        spelled = vocab.token_bytes[tid]
-        span = "(special)" if spelled is None else f"[{max(start, 0)}, {start + length})"
-        table.add_row(repr(tok.convert_ids_to_tokens(tid)), str(tid), repr(spelled), span)
-    console.print(table)
-
-
-def _register_training_commands() -> None:
-    from .commands.train import distill_command, eval_command
-
-    app.command("distill")(distill_command)
-    app.command("eval")(eval_command)
-    from .commands.cache_cmd import cache_command
-    from .commands.fidelity_cmd import fidelity_command
-
-    app.command("cache")(cache_command)
-    app.command("fidelity")(fidelity_command)
-    from .commands.demo_cmd import demo_command
-
-    app.command("demo")(demo_command)
+def _register_commands() -> None:
+    """Every command lives in ``mergekd/commands/``, one module each, its options generated from a pydantic model
+    there (``commands/options.py``)."""
     from .commands.ablate_cmd import ablate_command
-
-    app.command("ablate")(ablate_command)
+    from .commands.cache_cmd import cache_command
+    from .commands.demo_cmd import demo_command
+    from .commands.distill_cmd import distill_command
+    from .commands.eval_cmd import eval_command
+    from .commands.fidelity_cmd import fidelity_command
     from .commands.normalize_cmd import normalize_command
-
-    app.command("normalize")(normalize_command)
-
-
-_register_training_commands()
-
-
-def _register_teacher_commands() -> None:
     from .commands.teachers import score_command, teachers_app
+    from .commands.vocab_cmd import vocab_command
 
+    for name, command in [("vocab", vocab_command), ("distill", distill_command), ("eval", eval_command),
+                          ("cache", cache_command), ("fidelity", fidelity_command), ("demo", demo_command),
+                          ("ablate", ablate_command), ("normalize", normalize_command)]:
+        app.command(name)(command)
     app.add_typer(teachers_app, name="teachers")
     app.command("score")(score_command)
 
 
-_register_teacher_commands()
+_register_commands()
 
 
 def main() -> None:

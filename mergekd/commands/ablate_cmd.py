@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
-import typer
+from pydantic import BaseModel, ConfigDict, Field
+
+from .options import model_options, validated, with_options
 
 
-def ablate_command(
-    config: Path = typer.Argument(..., help="ablation YAML: base, grid, cells, seeds, cache, teacher_eval"),
-    out: Optional[Path] = typer.Option(None, help="ablation folder (default runs/ablate-<config name>)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="validate every cell (settings, mixer, teacher and "
-                                 "student specs, data files) and list the cells; load and write nothing"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars (the per-cell lines stay)"),
-) -> None:
+class AblateOptions(BaseModel):
+    """``mergekd ablate CONFIG``: the grid lives in the YAML file; the options say where results go and how much
+    is done and shown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: Path = Field(description="ablation YAML: base, grid, cells, seeds, cache, teacher_eval")
+    out: Path | None = Field(None, description="ablation folder (default runs/ablate-<config name>)")
+    dry_run: bool = Field(False, description="validate every cell (settings, mixer, teacher and student specs, data "
+                                             "files) and list the cells; load and write nothing")
+    quiet: bool = Field(False, description="no progress bars (the per-cell lines stay)")
+
+
+@with_options(model_options(AblateOptions, arguments=("config",)))
+def ablate_command(**options) -> None:
     """Distil every cell of a grid (teacher subsets × mixers × loss weights × ...), score each on held-out text,
     and write results.csv / results.md / results.png. Rerunning skips finished cells, resumes interrupted ones
     (and ones given more steps), re-scores a cell whose only change is eval_data, and moves aside (never deletes)
@@ -27,5 +36,6 @@ def ablate_command(
 
     from ..ablate import run_ablation
 
-    out = out if out is not None else Path("runs") / f"ablate-{config.stem}"
-    run_ablation(config, out, console=Console(), show_progress=not quiet, dry_run=dry_run)
+    opts = validated(AblateOptions, options, "ablate")
+    out = opts.out if opts.out is not None else Path("runs") / f"ablate-{opts.config.stem}"
+    run_ablation(opts.config, out, console=Console(), show_progress=not opts.quiet, dry_run=opts.dry_run)

@@ -8,14 +8,39 @@ touched; the copy is written atomically; an existing output is refused without `
 from __future__ import annotations
 
 import json
+import typing
 import unicodedata
 from pathlib import Path
+from typing import Literal, Optional
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ConfigError
+from .options import model_options, validated, with_options
 
-FORMS = ("NFC", "NFKC", "NFD", "NFKD")
+Form = Literal["NFC", "NFKC", "NFD", "NFKD"]
+FORMS = typing.get_args(Form)
+
+
+class NormalizeOptions(BaseModel):
+    """``mergekd normalize``'s options. ``--form`` is read case-insensitively (``nfc`` is NFC), so on the command
+    line it is text whose choices the help shows, and a wrong form is refused here in one line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path = Field(description="data file (.txt or .jsonl) to read; it is never modified")
+    out: Path = Field(description="where to write the normalised copy")
+    form: Form = Field("NFC", description="Unicode normal form (NFC: what Qwen's tokenizers produce; almost all "
+                                          "real text already is NFC)")
+    force: bool = Field(False, description="replace an existing --out file")
+
+    @field_validator("form", mode="before")
+    @classmethod
+    def _upper(cls, value):
+        if isinstance(value, str) and value.upper() not in FORMS:
+            raise ValueError(f"{value.upper()!r} is not a Unicode normal form; use one of {', '.join(FORMS)}")
+        return value.upper() if isinstance(value, str) else value
 
 
 def normalise_value(value, form: str):
@@ -47,25 +72,20 @@ def normalise_file(data: Path, out: Path, form: str) -> tuple[int, int]:
     return 1, int(fixed != doc)
 
 
-def normalize_command(
-    data: Path = typer.Option(..., help="data file (.txt or .jsonl) to read; it is never modified"),
-    out: Path = typer.Option(..., help="where to write the normalised copy"),
-    form: str = typer.Option("NFC", help=f"Unicode normal form: {', '.join(FORMS)} (NFC: what Qwen's tokenizers "
-                                         "produce; almost all real text already is NFC)"),
-    force: bool = typer.Option(False, "--force", help="replace an existing --out file"),
-) -> None:
+@with_options(model_options(NormalizeOptions, required=("data", "out"), annotations={"form": Optional[str]},
+                            metavars={"form": f"[{'|'.join(FORMS)}]"}))
+def normalize_command(**options) -> None:
     """Write a Unicode-normalised copy of a data file, so a tokenizer with a normaliser reproduces it exactly.
 
     Example: mergekd normalize --data corpus.jsonl --out corpus.nfc.jsonl --form NFC
     """
-    form = form.upper()
-    if form not in FORMS:
-        raise ConfigError(f"--form {form!r} is not a Unicode normal form; use one of {', '.join(FORMS)}")
+    opts = validated(NormalizeOptions, options, "normalize")
+    data, out, form = opts.data, opts.out, opts.form
     if not data.is_file():
         raise ConfigError(f"--data {data} does not exist")
     if out.resolve() == data.resolve():
         raise ConfigError(f"--out {out} is the input file; write the copy elsewhere (the input is never modified)")
-    if out.exists() and not force:
+    if out.exists() and not opts.force:
         raise ConfigError(f"--out {out} exists; pass --force to replace it, or choose another path")
     total, changed = normalise_file(data, out, form)
     unit = "records" if data.suffix == ".jsonl" else "document"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
-
-from .options import plain, teacher_runtime_options, with_options
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 from rich.table import Table
+
+from .options import model_options, require, teacher_runtime_options, validated, with_options
 
 teachers_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="List and inspect teachers (built in, plugins, hf:/gguf: specs).")
@@ -42,8 +42,17 @@ def list_command() -> None:
                   "e.g. smollm2-135m?max_length=512&dtype=bfloat16. Details: mergekd teachers show NAME")
 
 
+class ShowOptions(BaseModel):
+    """``mergekd teachers show NAME``: one positional argument."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="a registered name, hf:PATH_OR_ID or gguf:FILE")
+
+
 @teachers_app.command("show")
-def show_command(name: str = typer.Argument(..., help="a registered name, hf:PATH_OR_ID or gguf:FILE")) -> None:
+@with_options(model_options(ShowOptions, arguments=("name",)))
+def show_command(**options) -> None:
     """Everything mergekd knows about one teacher without loading it.
 
     Example: mergekd teachers show gemma3-270m
@@ -51,7 +60,7 @@ def show_command(name: str = typer.Argument(..., help="a registered name, hf:PAT
     from ..teachers import resolve_teacher
     from ..teachers.gguf_cache import cache_folder, existing_caches
 
-    resolved = resolve_teacher(name)
+    resolved = resolve_teacher(validated(ShowOptions, options, "teachers show").name)
     spec = resolved.spec
     installed = spec.is_installed()
     table = Table(show_header=False, box=None)
@@ -104,41 +113,51 @@ class RichScoreProgress:
             self.progress.advance(self.task, n_bytes)
 
 
+class ScoreOptions(BaseModel):
+    """``mergekd score``'s own options (the teacher-runtime group is shared; ``--device`` and ``--batch-size`` are
+    kept as old spellings). Chunk and byte limits are checked by :func:`mergekd.score.load_score_texts`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path = Field(description="text to score: .txt (one document) or .jsonl with a 'text' field")
+    fit_data: Path | None = Field(None, description="text the mixer is fit on (required by learned/gated); never "
+                                                    "the scored --data")
+    mix: str = Field("linear", description="mixer spec (linear = uniform weights, product, min-ce, softmax-ce, "
+                                           "learned, gated, product:weights=1;2) or 'none'")
+    json_out: Path | None = Field(None, description="also write the results as JSON here (atomic)")
+    max_bytes: int | None = Field(None, description="score only the first N bytes (and fit on ≤ N bytes)")
+    chunk_bytes: int = Field(4096, description="documents are scored in independent chunks of this many bytes")
+
+
 @with_options(
     teacher_runtime_options(flags={"teacher_device": ("--teacher-device", "--device"),
                                    "teacher_batch_size": ("--teacher-batch-size", "--batch-size")}),
-    [plain("data", None, "--data", help="text to score: .txt (one document) or .jsonl with a 'text' field",
-           annotation=Optional[Path]),
-     plain("fit_data", None, "--fit-data", help="text the mixer is fit on (required by learned/gated); never the "
-                                                "scored --data", annotation=Optional[Path]),
-     plain("mix", "linear", "--mix", help="mixer spec (linear = uniform weights, product, min-ce, softmax-ce, "
-                                          "learned, gated, product:weights=1;2) or 'none'"),
-     plain("json_out", None, "--json", help="also write the results as JSON here (atomic)",
-           annotation=Optional[Path]),
-     plain("max_bytes", None, "--max-bytes", help="score only the first N bytes (and fit on ≤ N bytes)",
-           annotation=Optional[int]),
-     plain("chunk_bytes", 4096, "--chunk-bytes", help="documents are scored in independent chunks of this many "
-                                                      "bytes")])
+    model_options(ScoreOptions, flags={"json_out": ("--json",)}))
 def score_command(**options) -> None:
     """Bits per byte of --data under each teacher and under their mixture (teachers load one at a time).
 
     Example: mergekd score --teachers smollm2-135m,gemma3-270m --data botchan.txt --json score.json
     """
-    from .options import require
-
-    teachers, data = require(options, "teachers", "data")
-    mix, json_out = options["mix"], options["json_out"]
+    (teachers,) = require(options, "teachers")
+    opts = validated(ScoreOptions, options, "score")
     from ..io import write_json
     from ..score import score
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as bar:
-        report = score(teachers, data, fit_data=options["fit_data"],
-                       mix=None if mix.strip().lower() == "none" else mix, max_bytes=options["max_bytes"],
-                       chunk_bytes=options["chunk_bytes"], device=options["teacher_device"],
+        report = score(teachers, opts.data, fit_data=opts.fit_data,
+                       mix=None if opts.mix.strip().lower() == "none" else opts.mix, max_bytes=opts.max_bytes,
+                       chunk_bytes=opts.chunk_bytes, device=options["teacher_device"],
                        batch_size=options["teacher_batch_size"], byte_rule=options["byte_rule"],
                        max_length=options["teacher_max_length"], progress=RichScoreProgress(bar))
+    _print_score(report)
+    if opts.json_out is not None:
+        console.print(f"wrote {write_json(opts.json_out, report.to_json(), indent=2)}")
+
+
+def _print_score(report) -> None:
+    """The per-teacher table (and the mixture's row and weights) on stdout."""
     table = Table(title=f"{report.data}: {report.bytes:,} bytes in {report.chunks} chunks")
     table.add_column("teacher", no_wrap=True)
     for header in ("vocab", "bytes", "BPB", "BPB common", "load s", "score s"):
@@ -155,5 +174,3 @@ def score_command(**options) -> None:
         weights = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in report.mixture.weights.items())
         console.print(f"mixture weights: {weights}")
-    if json_out is not None:
-        console.print(f"wrote {write_json(json_out, report.to_json(), indent=2)}")
