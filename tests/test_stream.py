@@ -115,3 +115,32 @@ def test_default_buffer_and_jsonl_kinds(tmp_path):
     bad.write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(ConfigError, match="bad.jsonl:1: each line needs a field 'text'"):
         training_source(str(bad))
+
+
+def test_distill_on_a_limited_streamed_cache_trains_on_its_chunks(corpus, tmp_path, tokenizers):
+    """`mergekd cache --limit-chunks 5` over parquet shards, then `distill --cache` with a shuffle buffer: the run
+    trains on the cache's 5 chunks only (any other index would be outside the cache and refused), across epochs."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from teacher_fixtures import save_tiny_teacher
+
+    from mergekd.cache import capture_cache
+    from mergekd.distill import distill, load_config
+
+    root, _ = corpus
+    teacher = f"hf:{save_tiny_teacher(tmp_path / 'teacher', tokenizers('gpt2'), max_positions=256)}"
+    spec = f"{root}/*.parquet?shuffle_buffer=4"
+    capture_cache(tmp_path / "cache", [teacher], spec, seq_bytes=200, limit_chunks=5, max_length=128,
+                  show_progress=False)
+    cfg = load_config(None, {"teachers": [teacher], "cache": str(tmp_path / "cache"), "data": spec,
+                             "student": "new:llama?tokenizer=gpt2&layers=1&hidden=32&heads=2&ctx=256",
+                             "out": str(tmp_path / "run"), "steps": 3, "batch_size": 4, "seq_bytes": 200,
+                             "trie_kl_weight": 1.0, "kl_weight": 0.0, "byte_ce_weight": 0.0, "device": "cpu",
+                             "teacher_max_length": 128})
+    distill(cfg, show_progress=False)
+    meta = json.loads(next((tmp_path / "run" / "checkpoints").glob("step-*/meta.json")).read_text())
+    assert meta["data_position"] == {"epoch": 2, "offset": 2}  # 12 examples over 5-chunk epochs
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and all(r["trie_kl"] > 0 for r in lines)
