@@ -165,7 +165,13 @@ def test_config_accepts_trie_only_and_refuses_it_without_teachers(tmp_path):
     with pytest.raises(Exception, match="trie_kl_weight=1 needs teacher rows.*--teachers"):
         DistillConfig(**base, trie_kl_weight=1)  # set without teachers: refused, never silently dropped
     with pytest.raises(Exception, match="trie_kl_weight"):
-        DistillConfig(**base, teachers=["smollm2-135m"], byte_ce_weight=0, kl_weight=0)
+        DistillConfig(**base, teachers=["smollm2-135m"], trie_kl_weight=0)  # no term reads the teachers
+    # the defaults follow the measurements: the trie term alone; --recipe bld gives BLD's byte head
+    default = DistillConfig(**base, teachers=["smollm2-135m"])
+    assert (default.trie_kl_weight, default.byte_ce_weight, default.kl_weight) == (3.0, 0.0, 0.0)
+    bld = DistillConfig(**base, teachers=["smollm2-135m"], recipe="bld")
+    assert (bld.trie_kl_weight, bld.byte_ce_weight, bld.kl_weight) == (0.0, 1.0, 0.1)
+    assert DistillConfig(**base, teachers=["smollm2-135m"], recipe="bld", kl_weight=1).kl_weight == 1  # yours
     with pytest.raises(Exception, match="trie_kl_depth.*byte-offsets"):
         DistillConfig(**base, teachers=["smollm2-135m"], trie_kl_weight=1, trie_kl_depth=12, byte_offsets=10)
     # runs without the term keep their fingerprint whatever the (unused) depth says
