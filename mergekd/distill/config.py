@@ -361,7 +361,7 @@ class DistillConfig(RunSection, DataSection, StudentSection, TeacherSection, Mix
         the CE-only baseline, as documented on the fields); a weight the user set is refused."""
         if self.objective is not None:
             return self._check_objective_list()
-        explicit = self.model_fields_set
+        explicit = set(self.model_fields_set)  # a copy: assigning a field below marks it as set
         if self.recipe == "bld":  # BLD's defaults for the weights not set (fields default to the trie recipe)
             for name, value in (("byte_ce_weight", 1.0), ("kl_weight", 0.1), ("trie_kl_weight", 0.0)):
                 if name not in explicit:
