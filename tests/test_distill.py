@@ -60,28 +60,33 @@ def _weights(folder: Path) -> dict:
     return load_file(str(folder / "final" / "model.safetensors"))
 
 
-def test_sigkill_and_rerun_gives_the_uninterrupted_result(setup):
-    root, _ = setup
-    cfg = str(root / "config.yaml")
-    straight = _run(["distill", "-c", cfg, "--out", str(root / "straight"), "--quiet"])
-    out, _ = straight.communicate(timeout=600)
-    assert straight.returncode == 0, out
+def _finish(args) -> None:
+    proc = _run(args)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
 
-    killed = _run(["distill", "-c", cfg, "--out", str(root / "killed"), "--quiet"])
-    latest = root / "killed" / "checkpoints" / "latest"
+
+def _kill_after(args, out: Path, checkpoint: str) -> None:
+    """Start a run and SIGKILL it once its latest checkpoint is ``checkpoint`` or later (it must still be running)."""
+    killed = _run(args)
+    latest = out / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and killed.poll() is None:
-        if latest.is_file() and latest.read_text().strip() >= "step-000004":
+        if latest.is_file() and latest.read_text().strip() >= checkpoint:
             break
         time.sleep(0.02)
     assert killed.poll() is None, "the run finished before it could be killed; make it longer"
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    assert not (root / "killed" / "final").exists()
+    assert not (out / "final").exists()
 
-    resumed = _run(["distill", "-c", cfg, "--out", str(root / "killed"), "--quiet"])
-    out, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, out
+
+def test_sigkill_and_rerun_gives_the_uninterrupted_result(setup):
+    root, _ = setup
+    cfg = str(root / "config.yaml")
+    _finish(["distill", "-c", cfg, "--out", str(root / "straight"), "--quiet"])
+    _kill_after(["distill", "-c", cfg, "--out", str(root / "killed"), "--quiet"], root / "killed", "step-000004")
+    _finish(["distill", "-c", cfg, "--out", str(root / "killed"), "--quiet"])
     a, b = _weights(root / "straight"), _weights(root / "killed")
     assert a.keys() == b.keys()
     for k in a:
@@ -157,25 +162,13 @@ def test_streamed_parquet_run_killed_and_resumed_matches(setup):
     cfg = root / "stream.yaml"
     cfg.write_text(json.dumps({**config, "data": f"{shards}/*.parquet?text_field=body&shuffle_buffer=8",
                                "steps": 12, "save_every": 2}))
-    straight = _run(["distill", "-c", str(cfg), "--out", str(root / "s-straight"), "--quiet"])
-    out, _ = straight.communicate(timeout=600)
-    assert straight.returncode == 0, out
-
-    killed = _run(["distill", "-c", str(cfg), "--out", str(root / "s-killed"), "--quiet"])
+    _finish(["distill", "-c", str(cfg), "--out", str(root / "s-straight"), "--quiet"])
+    _kill_after(["distill", "-c", str(cfg), "--out", str(root / "s-killed"), "--quiet"], root / "s-killed",
+                "step-000006")
     latest = root / "s-killed" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while time.time() < deadline and killed.poll() is None:
-        if latest.is_file() and latest.read_text().strip() >= "step-000006":
-            break
-        time.sleep(0.02)
-    assert killed.poll() is None, "the run finished before it could be killed; make it longer"
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
     meta = json.loads((root / "s-killed" / "checkpoints" / latest.read_text().strip() / "meta.json").read_text())
     assert meta["data_position"]["epoch"] >= 1 or meta["data_position"]["offset"] > 0
-    resumed = _run(["distill", "-c", str(cfg), "--out", str(root / "s-killed"), "--quiet"])
-    out, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, out
+    _finish(["distill", "-c", str(cfg), "--out", str(root / "s-killed"), "--quiet"])
     a, b = _weights(root / "s-straight"), _weights(root / "s-killed")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
