@@ -391,7 +391,38 @@ def markdown(rows: list[dict], args) -> str:
         note = r.get("note", "")
         lines.append(f"| {r['family']} ({FAMILIES[r['family']]}) | {ARM_LABEL[r['arm']]} | {r['seed']} | "
                      f"{_fmt(r.get('bpb'))} | {_fmt(r.get('seconds'), 1) if r['arm'] != 'init' else '—'} | {note} |")
+    lines += ["", *seed_summary(rows)]
     return "\n".join(lines) + "\n"
+
+
+def seed_summary(rows: list[dict]) -> list[str]:
+    """Per family and arm over the seeds: mean held-out BPB ± the 95% t-interval half-width, and the paired
+    difference to CE-only of the same seed (cell − CE; negative = better than CE-only) with its interval; the
+    statistics are mergekd ablate's (:mod:`mergekd.ablate.stats`), so one seed gets no interval."""
+    from mergekd.ablate.stats import paired_differences, summarize
+
+    def pm(stats: dict, signed: bool = False) -> str:
+        if stats["mean"] is None:
+            return "—"
+        mean = f"{stats['mean']:+.4f}" if signed else f"{stats['mean']:.4f}"
+        return mean if stats["half"] is None else f"{mean} ± {stats['half']:.4f}"
+
+    out = ["Over the seeds: mean ± 95% t-interval half-width; Δ = arm − CE-only of the same seed (paired).", "",
+           "| student | arm | seeds | held-out BPB | Δ vs CE-only | train wall s (mean) |", "|---|---|---|---|---|---|"]
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        def per_seed(arm, field="bpb"):
+            return {r["seed"]: r[field] for r in rows if r["family"] == fam and r["arm"] == arm
+                    and r.get(field) is not None and not math.isnan(r[field])}
+
+        ce = per_seed("ce")
+        for arm in dict.fromkeys(r["arm"] for r in rows if r["family"] == fam):
+            bpb = per_seed(arm)
+            delta = summarize(paired_differences(bpb, ce).values()) if arm not in ("ce",) and ce else None
+            secs = per_seed(arm, "seconds") if arm != "init" else {}
+            out.append(f"| {fam} | {ARM_LABEL[arm]} | {' '.join(map(str, bpb))} | {pm(summarize(bpb.values()))} | "
+                       f"{pm(delta, signed=True) if delta else '—'} | "
+                       f"{_fmt(_mean(list(secs.values())), 1) if secs else '—'} |")
+    return out
 
 
 def main(argv=None) -> None:

@@ -5,9 +5,10 @@ them predicts the same bytes. BPB = −Σ log2 P(byte_j | bytes < j) / (number o
 where the teacher (or the mixture) is defined. The same number tells how much a mixture gains over its
 members, which is the point of distilling an ensemble.
 
-Data: ``.txt`` files are one document, ``.jsonl`` files hold one document per line in a ``"text"`` field
-(:func:`mergekd.data.read_documents`). Documents are cut into independent chunks of ``chunk_bytes`` bytes
-(ending at whitespace where one is near; :func:`mergekd.data.chunk_text`), so a whole book is scored in
+Data: any data source spec that ``mergekd distill --data`` reads (``.txt``, ``.jsonl``, Parquet, CSV, Arrow,
+globs of shards...; :mod:`mergekd.sources`), in stream order. Documents are cut into independent chunks of
+``chunk_bytes`` bytes (ending at whitespace where one is near; :func:`mergekd.data.chunk_text`) by the same
+reader that cuts training and held-out text, so a whole book is scored in
 pieces of a few KB and every teacher and the mixture see exactly the same contexts. Chunks are predicted
 independently: the first bytes of a chunk have no context (and no prediction at all for a teacher whose
 tokenizer adds no BOS token — hence each teacher's own count of scored bytes).
@@ -28,7 +29,6 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
-from .data import chunk_text, read_documents
 from .text import head as text_head
 from .signal import actual_bytes  # noqa: F401  (re-exported: score's callers use it)
 from .errors import ConfigError, EmptyTextError, NonFiniteError
@@ -124,22 +124,29 @@ def load_score_texts(path: Path | str, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         raise ConfigError(f"chunk_bytes={chunk_bytes}: use at least 16 bytes (a few KB is typical)")
     if max_bytes is not None and max_bytes < 1:
         raise ConfigError(f"max_bytes={max_bytes}: must be a positive number of bytes")
-    texts = [t for t in _pieces(read_documents(path), chunk_bytes, max_bytes) if t.strip()]
+    from .sources import iter_indexed_chunks
+
+    try:
+        chunks = (chunk for _, chunk in iter_indexed_chunks(path, chunk_bytes, shuffle=False))
+        texts = [t for t in _pieces(chunks, max_bytes) if t.strip()]
+    except EmptyTextError:
+        texts = []
     if not texts:
         raise EmptyTextError(f"data file {path} holds no text to score")
     return texts
 
 
-def _pieces(docs: list[str], chunk_bytes: int, max_bytes: int | None):
+def _pieces(chunks, max_bytes: int | None):
+    """The chunks up to ``max_bytes`` bytes in total: the last one is cut at a character boundary (a partial
+    character is dropped). Lazy, so a large source is read only as far as the budget."""
     budget = max_bytes if max_bytes is not None else math.inf
-    for doc in docs:
-        for piece in chunk_text(doc, chunk_bytes):
-            size = len(piece.encode("utf-8"))
-            if size >= budget:  # the last piece: cut at a character boundary (a partial character is dropped)
-                yield text_head(piece, int(budget))
-                return
-            yield piece
-            budget -= size
+    for piece in chunks:
+        size = len(piece.encode("utf-8"))
+        if size >= budget:
+            yield text_head(piece, int(budget))
+            return
+        yield piece
+        budget -= size
 
 
 def realised_byte_bpb(logprobs: torch.Tensor, mask: torch.Tensor, actual: torch.Tensor, who: str) -> tuple[float, int]:
@@ -161,7 +168,7 @@ def realised_byte_bpb(logprobs: torch.Tensor, mask: torch.Tensor, actual: torch.
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _prepare_mixer(mix: str | None, fit_data: Path | None, data: Path):
+def _prepare_mixer(mix: str | None, fit_data: Path | str | None, data: Path | str):
     """Build the mixer before any teacher loads, so a bad --mix or a missing --fit-data fails in a second."""
     if mix is None or mix.strip().lower() == "none":
         return None, False
@@ -229,8 +236,7 @@ def score(teachers: str | Sequence[str], data: Path | str, *, fit_data: Path | s
         raise ConfigError(f"teacher(s) {', '.join(dupes)} listed twice in --teachers; list each once")
     for r in resolved:
         check_loadable(r)
-    data = Path(data)
-    fit_path = Path(fit_data) if fit_data is not None else None
+    fit_path = fit_data  # data specs (a path, a glob, hub:...) stay strings: mergekd.sources reads them
     mixer, needs_fit = _prepare_mixer(mix, fit_path, data)
     texts = load_score_texts(data, chunk_bytes, max_bytes)
     # teachers run over the fit text only for a mixer that learns from it (a fixed mixer has nothing to fit)

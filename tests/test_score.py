@@ -115,6 +115,31 @@ def test_jsonl_documents_and_empty_data(tmp_path, data_files):
         load_score_texts(fit, chunk_bytes=3)
 
 
+def test_score_reads_every_data_source_kind(tmp_path):
+    """score reads through mergekd.sources like distill and eval: a Parquet file, a CSV with another column name
+    and a glob of Parquet shards give the chunks of the same documents as JSON lines; max_bytes stops early."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = [p for p in PROSE.split("\n\n") if p.strip()] * 2
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    pq.write_table(pa.table({"text": docs}), tmp_path / "docs.parquet")
+    half = len(docs) // 2
+    pq.write_table(pa.table({"text": docs[:half]}), tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"text": docs[half:]}), tmp_path / "part-1.parquet")
+    with open(tmp_path / "docs.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["body"], *([d] for d in docs)])
+    want = load_score_texts(jsonl, chunk_bytes=64)
+    assert len(want) > len(docs) and "".join(want) == "".join(docs)  # cut into chunks, nothing lost
+    for spec in (tmp_path / "docs.parquet", f"{tmp_path}/part-*.parquet", f"{tmp_path / 'docs.csv'}?text_field=body"):
+        assert load_score_texts(spec, chunk_bytes=64) == want, spec
+    capped = load_score_texts(tmp_path / "docs.parquet", chunk_bytes=64, max_bytes=100)
+    assert "".join(capped) == "".join(want).encode()[:100].decode("utf-8", "ignore")
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Per-teacher scores (independent of the mixers)
 # ------------------------------------------------------------------------------------------------------------

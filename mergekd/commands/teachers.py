@@ -119,9 +119,10 @@ class ScoreOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: Path = Field(description="text to score: .txt (one document) or .jsonl with a 'text' field")
-    fit_data: Path | None = Field(None, description="text the mixer is fit on (required by learned/gated); never "
-                                                    "the scored --data")
+    data: str = Field(description="text to score, a data spec (a .txt/.jsonl/.parquet/... file, a glob of "
+                                  "shards, a save_to_disk folder or hub:id; see docs/data.md)")
+    fit_data: str | None = Field(None, description="text the mixer is fit on (a data spec; required by "
+                                                   "learned/gated); never the scored --data")
     mix: str = Field("linear", description="mixer spec (linear = uniform weights, product, min-ce, softmax-ce, "
                                            "learned, gated, product:weights=1;2) or 'none'")
     json_out: Path | None = Field(None, description="also write the results as JSON here (atomic)")
