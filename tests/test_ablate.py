@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -126,13 +127,27 @@ def test_shipped_configs_validate_with_dry_run(tmp_path):
 
     from mergekd.cli import app
 
-    for name, cells in [("small", 6), ("large", 24)]:
+    for name, cells in [("small", 6), ("large", 24), ("ensemble", 6), ("pretrained-student", 3),
+                        ("onpolicy-small", 3)]:
         result = CliRunner().invoke(app, ["ablate", str(REPO / "configs" / "ablations" / f"{name}.yaml"),
                                           "--out", str(tmp_path / name), "--dry-run"], terminal_width=200,
                                      env={"COLUMNS": "200"})
         assert result.exit_code == 0, result.output
         assert f"{cells} cells (dry run" in result.output and "ce-only" in result.output
         assert not (tmp_path / name).exists()  # a dry run writes nothing
+    # domain-teacher.yaml distils a teacher that benchmarks/domain_teacher.py fine-tunes first: without it, one
+    # line naming the missing folder (resolved against the working directory), and nothing written
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mergekd", "ablate", str(REPO / "configs" / "ablations" /
+                                                                          "domain-teacher.yaml"),
+                           "--out", str(tmp_path / "domain"), "--dry-run"], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "'runs/domain-teacher/teacher/final' is neither an existing folder" in lines[0]
+    assert not (tmp_path / "domain").exists()
 
 
 # ------------------------------------------------------------------------------------------------------------
