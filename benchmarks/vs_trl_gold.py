@@ -19,7 +19,7 @@ that folder:
   ByteLevel BPE tokenizers", see ``--gold-sp-extended-uld``). ``False`` is the original ULD: student token k is
   compared with teacher token k by position, whatever text each covers;
 - **CE-only**: ``python -m mergekd distill --ce-only`` from the same folder (next-token CE, no teacher);
-- **GOLD + CE** (opt-in, ``--arms ...,gold-ce``): GOLD as above with ``uld_crossentropy_weight=1``, the ULD
+- **GOLD + CE** (``gold-ce``, in the default ``--arms``): GOLD as above with ``uld_crossentropy_weight=1``, the ULD
   paper's CE + distillation sum. ULD's distance compares *sorted* probability vectors, so without CE it says
   little about which token is right; this arm shows GOLD with the CE term its paper pairs it with.
 
@@ -40,8 +40,8 @@ Same job, and the choices made where the two trainers differ:
 - **chunk size**: GOLD's extended-ULD loss merges probabilities group by group into a [groups, vocab] tensor, and
   its backward grows faster than the chunk (measured on the shared 2-core CPU, batch 8, GPT-2 student, with
   other jobs running: ~9-12 s per GOLD step at 128-byte chunks, ~70 s at 256 bytes; mergekd's steps ~2-7 s). The
-  default 128-byte chunks and 60 steps keep the whole benchmark within ~15 minutes on idle cores (estimate; ~45
-  minutes under that load); ``--seq-bytes 512`` is the demo's setting and makes the GOLD arm hours long.
+  default 128-byte chunks and 60 steps keep one seed of all four arms within ~12 minutes on idle cores (3
+  seeds, the default: 37 minutes measured); ``--seq-bytes 512`` is the demo's setting and makes the GOLD arm hours long.
 - **steps, batch, seed**: the same optimizer steps, global batch (examples per step, no gradient accumulation)
   and seed. The data *order* differs (mergekd: epoch-wise permutations keyed by the seed; GOLD: TRL's
   ``RepeatSampler`` seeded with the same seed, which drops the last incomplete batch of each epoch); both visit
@@ -67,7 +67,7 @@ fails is reported in the table with its error (BPB ``nan``) instead of stopping 
 
 Run (needs the ``bench`` extra: ``pip install -c constraints.txt -e '.[bench]'``):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/vs_trl_gold.py --out runs/vs-trl-gold        # ≈ 15 min, 2 cores
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/vs_trl_gold.py --out runs/vs-trl-gold        # ≈ 37 min, 2 cores
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/vs_trl_gold.py --quick --out runs/vs-trl-gold-quick  # smoke
 
 Rerunning with the same ``--out`` reuses the arms (and scores) already finished with the same settings. See
@@ -97,7 +97,7 @@ FAMILIES = {  # family → the student's offline tokenizer (mergekd.assets)
     "sentencepiece": "mistral-v3",  # SentencePiece BPE + byte fallback, 32,768 ids (the demo's student)
 }
 ARMS = ("mergekd", "gold", "ce", "gold-ce")
-DEFAULT_ARMS = ("mergekd", "gold", "ce")
+DEFAULT_ARMS = ("mergekd", "gold", "ce", "gold-ce")
 ARM_LABEL = {"init": "untrained student", "mergekd": "mergekd (token CE + trie KL ×3)",
              "gold": "GOLD off-policy (ULD, defaults)", "ce": "CE-only",
              "gold-ce": "GOLD off-policy + CE (uld_crossentropy_weight=1)"}
@@ -109,10 +109,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per arm (default 60; --quick: 3)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke check: 3 steps, batch 4, 4 KB of training text, 2 KB held out")
-    ap.add_argument("--seeds", default="0", help="comma-separated seeds (student initialisation and data order)")
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (student initialisation and data order; "
+                                                 "default 0,1,2, --quick: 0)")
     ap.add_argument("--families", default="bytelevel,sentencepiece", help=f"any of {', '.join(FAMILIES)}")
     ap.add_argument("--arms", default=",".join(DEFAULT_ARMS),
-                    help=f"any of {', '.join(ARMS)} (gold-ce: GOLD with its ULD CE term at weight 1, opt-in)")
+                    help=f"any of {', '.join(ARMS)} (gold-ce: GOLD with its ULD CE term at weight 1)")
     ap.add_argument("--teacher", default="smollm2-135m")
     ap.add_argument("--batch-size", type=int, default=None, help="chunks per optimizer step (default 8)")
     ap.add_argument("--seq-bytes", type=int, default=128,
@@ -141,6 +142,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, name, small if quick else full)
     if args.warmup_steps is None:
         args.warmup_steps = max(1, args.steps // 10)
+    if args.seeds is None:
+        args.seeds = "0" if quick else "0,1,2"
     # the longest prompt a chunk may get; mergekd's --prompt-bytes (a prompt/response line keeps at most that
     # much prompt, and it must be below --seq-bytes) is set to it, so both trainers see the same prompts
     args.prompt_max_bytes = min(max(64, 2 * args.prompt_bytes), args.seq_bytes // 2)
