@@ -273,6 +273,49 @@ def test_owned_cache_of_other_options_is_captured_again_a_named_one_is_refused(g
     assert sorted(p.relative_to(aside) for p in aside.rglob("*")) == files and read_manifest(aside).top_k == 8
 
 
+
+def test_owned_cache_and_views_of_an_older_format_are_rebuilt_a_named_one_is_refused(grid, tmp_path):
+    """A grid cache ablate captured with an older mergekd (manifest format version 1) is moved aside intact and
+    captured again, and a subset view with an old manifest is rewritten (a view is derived: symlinks + manifest);
+    a cache the user named in that format is refused with one line that names the fix, and left as it was."""
+    import shutil
+
+    from mergekd.ablate.cache_views import ensure_union_cache, subset_view
+    from mergekd.cache import read_manifest
+
+    source = next(p for p in (grid["out"] / "cache").iterdir() if (p / "manifest.json").is_file())
+    data = grid["out"] / "data" / "botchan.0_2400.txt"
+    held = read_manifest(source)
+    kw = dict(seq_bytes=200, shard_chunks=held.shard_chunks, max_length=128, byte_rule="canonical", device="cpu",
+              show_progress=False, top_k=held.top_k, tail=held.tail)
+
+    def make_old(folder):
+        raw = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({**raw, "format_version": 1}))
+
+    named = tmp_path / "named"
+    shutil.copytree(source, named)
+    make_old(named)
+    before = (named / "manifest.json").read_bytes()
+    with pytest.raises(ConfigError, match="older mergekd .* re-capture it"):
+        ensure_union_cache(named, grid["specs"], data, **kw)
+    assert (named / "manifest.json").read_bytes() == before and not (tmp_path / "named.old-1").exists()
+
+    owned = tmp_path / "owned"
+    shutil.copytree(source, owned)
+    make_old(owned)
+    files = sorted(p.relative_to(owned) for p in owned.rglob("*"))
+    manifest = ensure_union_cache(owned, grid["specs"][:1], data, owned=True, **kw)
+    assert [t.spec for t in manifest.teachers] == grid["specs"][:1]
+    aside = tmp_path / "owned.old-1"
+    assert sorted(p.relative_to(aside) for p in aside.rglob("*")) == files
+    assert json.loads((aside / "manifest.json").read_text())["format_version"] == 1  # kept as it was
+
+    view = subset_view(owned, tmp_path / "view", grid["specs"][:1])
+    make_old(view)
+    subset_view(owned, view, grid["specs"][:1])
+    assert [t.spec for t in read_manifest(view).teachers] == grid["specs"][:1]  # readable again: rewritten
+
 # ------------------------------------------------------------------------------------------------------------
 # off- vs on-policy with the teachers' verdict on each cell's own samples (issue 8)
 

@@ -15,7 +15,7 @@ import copy
 import os
 from pathlib import Path
 
-from ..cache.manifest import MANIFEST, Manifest, read_manifest, write_manifest
+from ..cache.manifest import MANIFEST, CacheFormatError, Manifest, read_manifest, write_manifest
 from ..errors import ConfigError
 from ..io import folder_size, human_size, move_aside
 
@@ -36,10 +36,14 @@ def ensure_union_cache(path: Path, specs: list[str], data: Path, *, seq_bytes: i
 
     path = Path(path)
     capture = list(specs)
-    if owned and (path / MANIFEST).is_file() and _stale(read_manifest(path), data, seq_bytes=seq_bytes,
-                                                        top_k=top_k, tail=tail, shard_chunks=shard_chunks,
-                                                        max_length=max_length, byte_rule=byte_rule):
-        _move_stale(path, console)
+    if owned and (path / MANIFEST).is_file():
+        try:
+            stale = _stale(read_manifest(path), data, seq_bytes=seq_bytes, top_k=top_k, tail=tail,
+                           shard_chunks=shard_chunks, max_length=max_length, byte_rule=byte_rule)
+        except CacheFormatError:  # written by another mergekd version: kept aside like any outdated owned cache
+            stale = True
+        if stale:
+            _move_stale(path, console)
     if (path / MANIFEST).is_file():
         held = [t.spec for t in read_manifest(path).teachers]
         missing = [s for s in specs if s not in held]
@@ -118,11 +122,20 @@ def subset_view(union: Path, view: Path, subset: list[str]) -> Path:
         link.symlink_to(target, target_is_directory=True)
     sub = copy.deepcopy(manifest)
     sub.teachers = records
-    old = view / MANIFEST
-    if not (old.is_file() and read_manifest(view).to_json() | {"updated": 0, "created": 0}
-            == sub.to_json() | {"updated": 0, "created": 0}):
+    if _view_manifest(view) != sub.to_json() | {"updated": 0, "created": 0}:
         write_manifest(view, sub)
     return view
+
+
+def _view_manifest(view: Path) -> dict | None:
+    """A view's manifest without its timestamps, or None when there is none or it is in another format version
+    (a view is derived from the union cache alone, so an old one is simply rewritten)."""
+    if not (view / MANIFEST).is_file():
+        return None
+    try:
+        return read_manifest(view).to_json() | {"updated": 0, "created": 0}
+    except CacheFormatError:
+        return None
 
 
 def cache_identity(union_manifest: Manifest, subset: list[str]) -> dict:

@@ -159,6 +159,11 @@ def teacher_dir(index: int, spec: str) -> str:
     return f"t{index}-{slug[:40] or 'teacher'}"
 
 
+class CacheFormatError(ConfigError):
+    """A cache written in another format version than this mergekd reads. A separate type so that the owner of a
+    derived cache (ablate's grid cache and its subset views) can rebuild it, where a user's cache is refused."""
+
+
 def read_manifest(cache: Path | str) -> Manifest:
     """The manifest of ``cache``; a missing or unreadable one is a ConfigError naming the fix."""
     path = Path(cache) / MANIFEST
@@ -173,11 +178,11 @@ def read_manifest(cache: Path | str) -> Manifest:
         raise ConfigError(f"{path} is not a mergekd byte-cache manifest")
     version = raw.get("format_version")
     if isinstance(version, int) and version < FORMAT_VERSION:
-        raise ConfigError(f"cache {cache} was captured by an older mergekd (format version {version}; this mergekd "
+        raise CacheFormatError(f"cache {cache} was captured by an older mergekd (format version {version}; this mergekd "
                           f"reads version {FORMAT_VERSION}); re-capture it with `mergekd cache` into a new --out "
                           f"(or delete {cache} first)")
     if version != FORMAT_VERSION:
-        raise ConfigError(f"cache {cache} has format version {version} but this mergekd reads "
+        raise CacheFormatError(f"cache {cache} has format version {version} but this mergekd reads "
                           f"version {FORMAT_VERSION}; rebuild it with `mergekd cache` into a new --out")
     try:
         return Manifest.from_json(raw)
