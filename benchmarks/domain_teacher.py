@@ -105,7 +105,8 @@ def main(argv=None) -> None:
     cells = {c["cell"]: c for c in report["table"]}
     ce = cells["ce-only"]
     dist = next(c for name, c in cells.items() if name != "ce-only")
-    teacher_bpb = next((t["bpb"] for t in report.get("teachers", []) if "final" in str(t.get("spec", ""))), None)
+    teacher_bpb = next((t["bpb"] for t in report.get("teachers", []) if t.get("spec") == f"hf:{teacher_out / 'final'}"),
+                       None)
     print((out / "ablate" / "results.md").read_text())
     print(f"teacher fine-tuning {t_teacher:.0f} s; total {time.perf_counter() - t0:.0f} s")
 

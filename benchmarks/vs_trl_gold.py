@@ -420,7 +420,7 @@ def seed_summary(rows: list[dict]) -> list[str]:
         ce = per_seed("ce")
         for arm in dict.fromkeys(r["arm"] for r in rows if r["family"] == fam):
             bpb = per_seed(arm)
-            delta = summarize(paired_differences(bpb, ce).values()) if arm not in ("ce",) and ce else None
+            delta = summarize(paired_differences(bpb, ce).values()) if arm != "ce" and ce else None
             secs = per_seed(arm, "seconds") if arm != "init" else {}
             out.append(f"| {fam} | {ARM_LABEL[arm]} | {' '.join(map(str, bpb))} | {pm(summarize(bpb.values()))} | "
                        f"{pm(delta, signed=True) if delta else '—'} | "

@@ -124,11 +124,10 @@ def load_score_texts(path: Path | str, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         raise ConfigError(f"chunk_bytes={chunk_bytes}: use at least 16 bytes (a few KB is typical)")
     if max_bytes is not None and max_bytes < 1:
         raise ConfigError(f"max_bytes={max_bytes}: must be a positive number of bytes")
-    from .sources import iter_indexed_chunks
+    from .evaluate import held_out_chunks
 
-    try:
-        chunks = (chunk for _, chunk in iter_indexed_chunks(path, chunk_bytes, shuffle=False))
-        texts = [t for t in _pieces(chunks, max_bytes) if t.strip()]
+    try:  # the held-out reader of `mergekd eval` (stream order, stops at the chunk reaching max_bytes), then cut
+        texts = [t for t in _pieces(held_out_chunks(path, chunk_bytes, max_bytes), max_bytes) if t.strip()]
     except EmptyTextError:
         texts = []
     if not texts:
@@ -138,7 +137,7 @@ def load_score_texts(path: Path | str, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 
 def _pieces(chunks, max_bytes: int | None):
     """The chunks up to ``max_bytes`` bytes in total: the last one is cut at a character boundary (a partial
-    character is dropped). Lazy, so a large source is read only as far as the budget."""
+    character is dropped)."""
     budget = max_bytes if max_bytes is not None else math.inf
     for piece in chunks:
         size = len(piece.encode("utf-8"))
@@ -221,8 +220,8 @@ def score(teachers: str | Sequence[str], data: Path | str, *, fit_data: Path | s
     """Score ``data`` under each teacher and under their mixture ``mix`` (None or "none": no mixture).
 
     Everything that can be checked without loading a teacher (names, options, installed files, the mixer, the
-    data files) is checked first. ``device``/``batch_size``/``byte_rule``/``max_length`` are defaults for every teacher; options
-    in a spec string win.
+    data files) is checked first. ``device``/``batch_size``/``byte_rule``/``max_length`` are defaults for every
+    teacher; options in a spec string win.
     """
     from .teachers import check_loadable, resolve_teacher
     from .teachers.adapter import one_at_a_time
@@ -236,11 +235,10 @@ def score(teachers: str | Sequence[str], data: Path | str, *, fit_data: Path | s
         raise ConfigError(f"teacher(s) {', '.join(dupes)} listed twice in --teachers; list each once")
     for r in resolved:
         check_loadable(r)
-    fit_path = fit_data  # data specs (a path, a glob, hub:...) stay strings: mergekd.sources reads them
-    mixer, needs_fit = _prepare_mixer(mix, fit_path, data)
+    mixer, needs_fit = _prepare_mixer(mix, fit_data, data)  # data specs stay strings: mergekd.sources reads them
     texts = load_score_texts(data, chunk_bytes, max_bytes)
     # teachers run over the fit text only for a mixer that learns from it (a fixed mixer has nothing to fit)
-    fit_texts = load_score_texts(fit_path, chunk_bytes, max_bytes) if (needs_fit and fit_path) else []
+    fit_texts = load_score_texts(fit_data, chunk_bytes, max_bytes) if (needs_fit and fit_data) else []
     actual = actual_bytes(texts)
     total = int(actual.numel())
 
