@@ -99,14 +99,14 @@ def main(argv=None) -> None:
          "--lr", "5e-5", "--warmup-steps", "3", "--save-every", "20", "--device", "cpu", "--seed", "0",
          "--out", str(teacher_out)])
     t_teacher = time.perf_counter() - t0
-    config = ablation_config(out, teacher_out / "final", args.seeds)
+    teacher = teacher_out / "final"  # the export of the fine-tuning run: the ablation's teacher
+    config = ablation_config(out, teacher, args.seeds)
     run([sys.executable, "-m", "mergekd", "ablate", str(config), "--out", str(out / "ablate")])
     report = json.loads((out / "ablate" / "results.json").read_text())
     cells = {c["cell"]: c for c in report["table"]}
     ce = cells["ce-only"]
     dist = next(c for name, c in cells.items() if name != "ce-only")
-    teacher_bpb = next((t["bpb"] for t in report.get("teachers", []) if t.get("spec") == f"hf:{teacher_out / 'final'}"),
-                       None)
+    teacher_bpb = next((t["bpb"] for t in report.get("teachers", []) if t.get("spec") == f"hf:{teacher}"), None)
     print((out / "ablate" / "results.md").read_text())
     print(f"teacher fine-tuning {t_teacher:.0f} s; total {time.perf_counter() - t0:.0f} s")
 

@@ -178,12 +178,12 @@ def read_manifest(cache: Path | str) -> Manifest:
         raise ConfigError(f"{path} is not a mergekd byte-cache manifest")
     version = raw.get("format_version")
     if isinstance(version, int) and version < FORMAT_VERSION:
-        raise CacheFormatError(f"cache {cache} was captured by an older mergekd (format version {version}; this mergekd "
-                          f"reads version {FORMAT_VERSION}); re-capture it with `mergekd cache` into a new --out "
-                          f"(or delete {cache} first)")
+        raise CacheFormatError(f"cache {cache} was captured by an older mergekd (format version {version}; this "
+                               f"mergekd reads version {FORMAT_VERSION}); re-capture it with `mergekd cache` into a "
+                               f"new --out (or delete {cache} first)")
     if version != FORMAT_VERSION:
         raise CacheFormatError(f"cache {cache} has format version {version} but this mergekd reads "
-                          f"version {FORMAT_VERSION}; rebuild it with `mergekd cache` into a new --out")
+                               f"version {FORMAT_VERSION}; rebuild it with `mergekd cache` into a new --out")
     try:
         return Manifest.from_json(raw)
     except (KeyError, TypeError) as exc:
